@@ -1,0 +1,224 @@
+//! Typed configuration, read once at start-up and validated with errors that name the setting.
+//!
+//! Locally it comes from a TOML file (`--config`), or the built-in demo; in Lambda from the
+//! `MAILROOM_CONFIG` environment variable (JSON or TOML).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::channel::{Channel, EmailQueue};
+use crate::domain::classify::ClassifierConfig;
+use crate::domain::ids::{ChannelName, EmailAddress, QueueName};
+use crate::domain::script::EmailScript;
+
+/// The largest message accepted, as Amazon SES: 40 MB including headers.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 40 * 1024 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestLimits {
+    pub max_message_bytes: usize,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub queues: Vec<EmailQueue>,
+    #[serde(default)]
+    pub classifier: ClassifierConfig,
+    #[serde(default)]
+    pub ingest: IngestLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration {origin} is not valid TOML/JSON")]
+    Syntax {
+        origin: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("configuration setting {setting}: {problem}")]
+    Invalid { setting: String, problem: String },
+    #[error("environment variable {name} is required")]
+    MissingEnv { name: &'static str },
+}
+
+fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting: setting.into(), problem: problem.into() }
+}
+
+/// The built-in demo: one channel `support@example.com` routing to queue `support`.
+pub const DEMO_CONFIG: &str = r#"
+[[channels]]
+name = "support"
+address = "support@example.com"
+default_queue = "support"
+
+[[queues]]
+name = "support"
+"#;
+
+impl AppConfig {
+    pub fn demo() -> Self {
+        Self::parse(DEMO_CONFIG, "built-in demo").expect("the demo configuration is valid")
+    }
+
+    /// Parses TOML, or JSON when the text starts with `{`.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: AppConfig = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax { origin: origin.into(), source: e.into() })?
+        } else {
+            toml::from_str(text).map_err(|e| ConfigError::Syntax { origin: origin.into(), source: e.into() })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() {
+            return Err(invalid("channels", "at least one channel is required"));
+        }
+        if self.ingest.max_message_bytes == 0 {
+            return Err(invalid("ingest.max_message_bytes", "must be greater than 0"));
+        }
+        let queues: HashSet<&QueueName> = self.queues.iter().map(|q| &q.name).collect();
+        if queues.len() != self.queues.len() {
+            return Err(invalid("queues", "queue names must be unique"));
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for c in &self.channels {
+            if !names.insert(&c.name) {
+                return Err(invalid(format!("channels.{}", c.name), "channel names must be unique"));
+            }
+            if !addresses.insert(&c.address) {
+                return Err(invalid(
+                    format!("channels.{}.address", c.name),
+                    "another channel already uses this address",
+                ));
+            }
+            if !queues.contains(&c.default_queue) {
+                return Err(invalid(
+                    format!("channels.{}.default_queue", c.name),
+                    format!("queue {:?} is not defined under [[queues]]", c.default_queue.as_str()),
+                ));
+            }
+            let script = EmailScript::compile(&c.script)
+                .map_err(|e| invalid(format!("channels.{}.script", c.name), e.to_string()))?;
+            for q in script.queues() {
+                if !queues.contains(q) {
+                    return Err(invalid(
+                        format!("channels.{}.script", c.name),
+                        format!("a rule routes to queue {:?}, which is not defined under [[queues]]", q.as_str()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The channels as ingest uses them: compiled scripts and the set of our own addresses.
+#[derive(Debug, Clone)]
+pub struct ChannelSet {
+    channels: Vec<(Channel, EmailScript)>,
+    own_addresses: Vec<EmailAddress>,
+}
+
+impl ChannelSet {
+    pub fn from_config(config: &AppConfig) -> Result<Arc<Self>, ConfigError> {
+        config.validate()?;
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| {
+                let script = EmailScript::compile(&c.script)
+                    .map_err(|e| invalid(format!("channels.{}.script", c.name), e.to_string()))?;
+                Ok((c.clone(), script))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let own_addresses = config.channels.iter().map(|c| c.address.clone()).collect();
+        Ok(Arc::new(Self { channels, own_addresses }))
+    }
+
+    pub fn own_addresses(&self) -> &[EmailAddress] {
+        &self.own_addresses
+    }
+
+    pub fn by_name(&self, name: &ChannelName) -> Option<(&Channel, &EmailScript)> {
+        self.channels.iter().find(|(c, _)| &c.name == name).map(|(c, s)| (c, s))
+    }
+
+    pub fn by_address(&self, address: &EmailAddress) -> Option<(&Channel, &EmailScript)> {
+        self.channels.iter().find(|(c, _)| &c.address == address).map(|(c, s)| (c, s))
+    }
+
+    /// The channel for mail that names none of our addresses (e.g. a file fed to the CLI):
+    /// the first enabled channel.
+    pub fn fallback(&self) -> Option<(&Channel, &EmailScript)> {
+        self.channels.iter().find(|(c, _)| c.enabled).map(|(c, s)| (c, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_is_valid() {
+        let c = AppConfig::demo();
+        assert_eq!(c.channels[0].address.as_str(), "support@example.com");
+        assert_eq!(c.ingest.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = AppConfig::parse(
+            "[[channels]]\nname = \"s\"\naddress = \"s@example.com\"\ndefault_queue = \"nope\"\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("channels.s.default_queue"), "{err}");
+        let err = AppConfig::parse(
+            "[[channels]]\nname = \"s\"\naddress = \"not an address\"\ndefault_queue = \"q\"\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(format!("{err:?}").contains("email address"), "{err:?}");
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let c = AppConfig::parse(
+            r#"{"channels":[{"name":"support","address":"support@example.com","default_queue":"support"}],"queues":[{"name":"support"}]}"#,
+            "env",
+        )
+        .unwrap();
+        assert_eq!(c.channels.len(), 1);
+    }
+}
