@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::domain::ids::{EmailAddress, Fingerprint, InteractionId, MessageId, RawMailKey};
-use crate::domain::interaction::{Interaction, InteractionState, StoredMessage};
+use crate::domain::interaction::{Interaction, StoredMessage};
 use crate::domain::journal::JournalEntry;
 use crate::domain::threading::ThreadCandidate;
 use crate::ports::{BackendError, BackendResult, FingerprintClaim, IngestStore, RawMailStore, ReceivedWork, WorkQueue};
@@ -148,17 +148,7 @@ impl IngestStore for MemoryIngestStore {
         if s.messages.contains_key(&message.fingerprint) {
             return Ok(interaction);
         }
-        for p in new_participants {
-            if !interaction.is_participant(p) {
-                interaction.participants.push(p.clone());
-            }
-        }
-        interaction.message_count += 1;
-        interaction.updated_at = message.received_at;
-        if requeue && interaction.state == InteractionState::Ended {
-            interaction.state = InteractionState::Queued;
-            interaction.queued_at = Some(message.received_at);
-        }
+        interaction.absorb(message, new_participants, requeue);
         s.interactions.insert(interaction.id.clone(), interaction.clone());
         s.index(message);
         Ok(interaction)

@@ -124,6 +124,23 @@ impl Interaction {
     pub fn is_participant(&self, address: &EmailAddress) -> bool {
         &self.customer == address || self.participants.contains(address)
     }
+
+    /// Takes in one more message of the conversation: its people become participants and, with
+    /// `requeue`, an ended conversation waits in its queue again. Every backend applies exactly
+    /// this when it appends a message, so they cannot drift apart.
+    pub fn absorb(&mut self, message: &StoredMessage, new_participants: &[EmailAddress], requeue: bool) {
+        for p in new_participants {
+            if !self.is_participant(p) {
+                self.participants.push(p.clone());
+            }
+        }
+        self.message_count += 1;
+        self.updated_at = message.received_at;
+        if requeue && self.state == InteractionState::Ended {
+            self.state = InteractionState::Queued;
+            self.queued_at = Some(message.received_at);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{EmbeddedBackend, json_error, sql_error};
 use crate::domain::ids::{EmailAddress, Fingerprint, InteractionId, MessageId, RawMailKey};
-use crate::domain::interaction::{Interaction, InteractionState, StoredMessage};
+use crate::domain::interaction::{Interaction, StoredMessage};
 use crate::domain::journal::JournalEntry;
 use crate::domain::threading::ThreadCandidate;
 use crate::ports::{BackendError, BackendResult, FingerprintClaim, IngestStore, RawMailStore};
@@ -240,17 +240,7 @@ impl IngestStore for EmbeddedBackend {
             });
         };
         if put_message(&tx, message)? {
-            for p in new_participants {
-                if !interaction.is_participant(p) {
-                    interaction.participants.push(p.clone());
-                }
-            }
-            interaction.message_count += 1;
-            interaction.updated_at = message.received_at;
-            if requeue && interaction.state == InteractionState::Ended {
-                interaction.state = InteractionState::Queued;
-                interaction.queued_at = Some(message.received_at);
-            }
+            interaction.absorb(message, new_participants, requeue);
             put_interaction(&tx, &interaction)?;
         }
         tx.commit().map_err(|e| sql_error("append message", e))?;
