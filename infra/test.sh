@@ -76,6 +76,10 @@ step() { # name command...
   fi
 }
 
+# Keeps the test runner's output for the closing count.
+TEST_LOG=$(mktemp)
+run_logged() { "$@" 2>&1 | tee "$TEST_LOG"; }
+
 # Cheap checks first; the test runner goes last so its summary is the run's closing lines.
 if [[ ${MAILROOM_SKIP_CARGO:-0} != 1 ]]; then
   step "cargo fmt" cargo fmt --all --check
@@ -86,9 +90,9 @@ if [[ ${MAILROOM_SKIP_CARGO:-0} != 1 ]]; then
   if cargo nextest --version >/dev/null 2>&1; then
     # nextest does not run doctests.
     step "cargo test --doc" cargo test --workspace --doc --locked
-    step "cargo nextest" cargo nextest run --workspace --locked --no-fail-fast
+    step "cargo nextest" run_logged cargo nextest run --workspace --locked --no-fail-fast
   else
-    step "cargo test" cargo test --workspace --locked --no-fail-fast
+    step "cargo test" run_logged cargo test --workspace --locked --no-fail-fast
   fi
 else
   section "cargo steps skipped (MAILROOM_SKIP_CARGO=1)"
@@ -97,4 +101,12 @@ fi
 stop_servers
 section "summary"
 printf '%s\n' "${RESULTS[@]}"
+# The run's closing line: the test count, in the plain form any CI reader understands.
+counts=$(grep -Eo '[0-9]+ tests run: [0-9]+ passed(, [0-9]+ failed)?' "$TEST_LOG" | tail -1 || true)
+if [[ -n $counts ]]; then
+  passed=$(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$counts")
+  failed=$(grep -Eo '[0-9]+ failed' <<<"$counts" | grep -Eo '[0-9]+' || echo 0)
+  echo "tests: $passed passed, $failed failed"
+fi
+rm -f "$TEST_LOG"
 exit "$FAILED"

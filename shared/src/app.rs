@@ -29,7 +29,7 @@ pub fn ingest_service(
         raw_store,
         store,
         routing,
-        parser: Arc::new(MailParserAdapter),
+        parser: Arc::new(MailParserAdapter::default()),
         classifier: Arc::new(RuleClassifier::new(&config.classifier)),
         channels: ChannelSet::from_config(config)?,
         limits: config.ingest.clone(),

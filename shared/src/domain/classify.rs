@@ -122,15 +122,23 @@ pub struct Classification {
     pub sentiment: Sentiment,
 }
 
-/// The compiled rules. Built once per process; classification is a single pass per text.
+/// What a keyword pattern counts towards.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    Category(usize),
+    Positive,
+    Negative,
+}
+
+/// The compiled rules: every keyword and sentiment word in one automaton, so each text is scanned
+/// once. Built once per process.
 pub struct RuleClassifier {
     default_category: Category,
     categories: Vec<Category>,
-    category_matcher: AhoCorasick,
-    /// For each pattern of `category_matcher`, the index of its category.
-    category_of_pattern: Vec<usize>,
-    sentiment_matcher: AhoCorasick,
-    positive_patterns: usize,
+    matcher: AhoCorasick,
+    /// For each pattern of `matcher`, everything it counts towards (a word can be both a category
+    /// keyword and a sentiment word, e.g. "complaint").
+    signals: Vec<Vec<Signal>>,
 }
 
 /// How much of the body the classifier reads: the opening of a message says what it is about,
@@ -139,54 +147,56 @@ const CLASSIFY_BODY_CHARS: usize = 8 * 1024;
 
 impl RuleClassifier {
     pub fn new(config: &ClassifierConfig) -> Self {
-        let mut patterns = Vec::new();
-        let mut category_of_pattern = Vec::new();
+        let mut patterns: Vec<String> = Vec::new();
+        let mut signals: Vec<Vec<Signal>> = Vec::new();
+        let mut add = |word: &str, signal: Signal| {
+            let word = word.to_lowercase();
+            match patterns.iter().position(|p| *p == word) {
+                Some(i) => signals[i].push(signal),
+                None => {
+                    patterns.push(word);
+                    signals.push(vec![signal]);
+                }
+            }
+        };
         let mut categories = Vec::new();
         for (i, rule) in config.categories.iter().enumerate() {
             categories.push(rule.name.clone());
             for kw in &rule.keywords {
-                patterns.push(kw.to_lowercase());
-                category_of_pattern.push(i);
+                add(kw, Signal::Category(i));
             }
         }
-        let build = |p: &[String]| -> AhoCorasick {
-            AhoCorasickBuilder::new()
-                .ascii_case_insensitive(true)
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(p)
-                .expect("keyword patterns are plain strings")
-        };
-        let sentiment: Vec<String> =
-            config.positive_words.iter().chain(config.negative_words.iter()).map(|w| w.to_lowercase()).collect();
-        Self {
-            default_category: config.default_category.clone(),
-            categories,
-            category_matcher: build(&patterns),
-            category_of_pattern,
-            sentiment_matcher: build(&sentiment),
-            positive_patterns: config.positive_words.len(),
+        for w in &config.positive_words {
+            add(w, Signal::Positive);
         }
+        for w in &config.negative_words {
+            add(w, Signal::Negative);
+        }
+        // Leftmost-longest: "not happy" is one negative match, not also a positive "happy".
+        let matcher = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .expect("keyword patterns are plain strings");
+        Self { default_category: config.default_category.clone(), categories, matcher, signals }
     }
 
     pub fn classify(&self, email: &ParsedEmail) -> Classification {
-        let body = head_of(&email.text_body, CLASSIFY_BODY_CHARS);
-        let body = strip_quoted(body);
+        let body = strip_quoted(head_of(&email.text_body, CLASSIFY_BODY_CHARS));
         let mut scores = vec![0u32; self.categories.len()];
-        let mut positive = 0i32;
-        let mut negative = 0i32;
+        let mut positive = 0u32;
+        let mut negative = 0u32;
         // The subject counts double: it is the customer's own summary.
         for (text, weight) in [(email.subject.as_str(), 2u32), (body.as_str(), 1u32)] {
-            for m in self.category_matcher.find_iter(text) {
-                if on_word_boundary(text, m.start(), m.end()) {
-                    scores[self.category_of_pattern[m.pattern().as_usize()]] += weight;
+            for m in self.matcher.find_iter(text) {
+                if !on_word_boundary(text, m.start(), m.end()) {
+                    continue;
                 }
-            }
-            for m in self.sentiment_matcher.find_iter(text) {
-                if on_word_boundary(text, m.start(), m.end()) {
-                    if m.pattern().as_usize() < self.positive_patterns {
-                        positive += weight as i32;
-                    } else {
-                        negative += weight as i32;
+                for signal in &self.signals[m.pattern().as_usize()] {
+                    match *signal {
+                        Signal::Category(i) => scores[i] += weight,
+                        Signal::Positive => positive += weight,
+                        Signal::Negative => negative += weight,
                     }
                 }
             }
@@ -262,6 +272,12 @@ mod tests {
 
         let r = c.classify(&email("Hello", "This is unacceptable, I am furious."));
         assert_eq!(r.sentiment, Sentiment::Negative);
+
+        let r = c.classify(&email("Hello", "I am not happy with this."));
+        assert_eq!(r.sentiment, Sentiment::Negative, "'not happy' is not also a positive 'happy'");
+
+        let r = c.classify(&email("Complaint", "Nothing else."));
+        assert_eq!((r.category.as_str(), r.sentiment), ("complaint", Sentiment::Negative), "one word, two roles");
 
         let r = c.classify(&email("Thanks!", "Thank you, that was very helpful."));
         assert_eq!(r.sentiment, Sentiment::Positive);

@@ -67,7 +67,9 @@ pub struct ParsedEmail {
     /// Header fields the screening rules look at, name lower-case, value decoded and trimmed.
     pub screening_headers: Vec<(String, String)>,
     pub text_body: String,
-    pub html_body: Option<String>,
+    /// Whether an HTML body exists. The HTML itself stays in the raw message; it is read, and
+    /// sanitized, only when someone displays it.
+    pub has_html: bool,
     pub attachments: Vec<AttachmentInfo>,
     /// Why the decoded text may not be faithful (unknown charset, undecodable bytes, broken MIME).
     /// The raw message is always kept, so an agent can still open the original.

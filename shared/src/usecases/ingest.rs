@@ -20,7 +20,7 @@ use tracing::{info, instrument};
 
 use crate::config::{ChannelSet, IngestLimits};
 use crate::domain::email::ParsedEmail;
-use crate::domain::ids::{ChannelName, EmailAddress, Fingerprint, InteractionId, RawMailKey};
+use crate::domain::ids::{ChannelName, EmailAddress, Fingerprint, InteractionId};
 use crate::domain::interaction::{Direction, Interaction, InteractionState, STORED_BODY_LIMIT, StoredMessage};
 use crate::domain::journal::{Disposition, JournalEntry, JournalState, Source};
 use crate::domain::routing::RoutingRequest;
@@ -409,28 +409,48 @@ pub fn fingerprint(parsed: &ParsedEmail, raw: &[u8]) -> Fingerprint {
         field("rcpt", m.address.as_str());
     }
     h.update(b"body\0");
-    for &b in body_bytes(raw) {
-        if b != b'\r' {
-            h.update([b]);
-        }
+    // Hash the runs between carriage returns: same digest as skipping each `\r`, at memcpy speed.
+    for run in body_bytes(raw).split(|&b| b == b'\r') {
+        h.update(run);
     }
     Fingerprint::from_digest(h.finalize())
 }
 
-/// The bytes after the header section (after the first empty line).
+/// The bytes after the header section (after the first empty line, LF or CRLF).
 fn body_bytes(raw: &[u8]) -> &[u8] {
-    let crlf = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
-    let lf = raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2);
-    let start = match (crlf, lf) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) => a,
-        (None, Some(b)) => b,
-        (None, None) => raw.len(),
-    };
-    &raw[start..]
+    let mut from = 0;
+    while let Some(offset) = memchr::memchr(b'\n', &raw[from..]) {
+        let newline = from + offset;
+        let rest = &raw[newline + 1..];
+        if rest.starts_with(b"\n") {
+            return &raw[newline + 2..];
+        }
+        if rest.starts_with(b"\r\n") {
+            return &raw[newline + 3..];
+        }
+        from = newline + 1;
+    }
+    &raw[raw.len()..]
 }
 
-/// Used by replays: the raw key of bytes without storing them.
-pub fn raw_key_of(raw: &[u8]) -> RawMailKey {
-    RawMailKey::of(raw)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_starts_after_the_first_empty_line() {
+        assert_eq!(body_bytes(b"A: b\n\nbody\n"), b"body\n");
+        assert_eq!(body_bytes(b"A: b\r\nC: d\r\n\r\nbody"), b"body");
+        assert_eq!(body_bytes(b"A: b\r\n"), b"");
+        assert_eq!(body_bytes(b""), b"");
+    }
+
+    #[test]
+    fn line_endings_do_not_change_the_fingerprint() {
+        let lf = b"From: a@example.org\nSubject: x\n\nline one\nline two\n";
+        let crlf = b"From: a@example.org\r\nSubject: x\r\n\r\nline one\r\nline two\r\n";
+        let email = ParsedEmail { subject: "x".into(), ..Default::default() };
+        assert_eq!(fingerprint(&email, lf), fingerprint(&email, crlf));
+        assert_ne!(fingerprint(&email, lf), fingerprint(&email, b"From: a@example.org\n\nline one\n"));
+    }
 }
