@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::channel::{Channel, EmailQueue};
+use crate::domain::agent::Agent;
+use crate::domain::channel::Channel;
 use crate::domain::classify::ClassifierConfig;
 use crate::domain::ids::{ChannelName, EmailAddress, QueueName};
+use crate::domain::queue::EmailQueue;
 use crate::domain::script::EmailScript;
 
 /// The largest message accepted, as Amazon SES: 40 MB including headers.
@@ -36,6 +38,10 @@ pub struct AppConfig {
     pub channels: Vec<Channel>,
     #[serde(default)]
     pub queues: Vec<EmailQueue>,
+    /// Agents, supervisors and admins known to the embedded backend (in AWS they come from the
+    /// agent directory the admin API maintains).
+    #[serde(default)]
+    pub agents: Vec<Agent>,
     #[serde(default)]
     pub classifier: ClassifierConfig,
     #[serde(default)]
@@ -66,7 +72,8 @@ fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigErro
     ConfigError::Invalid { setting: setting.into(), problem: problem.into() }
 }
 
-/// The built-in demo: one channel `support@example.com` routing to queue `support`.
+/// The built-in demo: one channel `support@example.com` routing to queue `support`, where agents
+/// `ana` and `ben` take offers; `sam` supervises and `ada` administers.
 pub const DEMO_CONFIG: &str = r#"
 [[channels]]
 name = "support"
@@ -75,6 +82,30 @@ default_queue = "support"
 
 [[queues]]
 name = "support"
+
+[[agents]]
+id = "ana"
+name = "Ana Lima"
+email = "ana@example.com"
+queues = ["support"]
+
+[[agents]]
+id = "ben"
+name = "Ben Okafor"
+email = "ben@example.com"
+queues = ["support"]
+
+[[agents]]
+id = "sam"
+name = "Sam Reyes"
+email = "sam@example.com"
+role = "supervisor"
+
+[[agents]]
+id = "ada"
+name = "Ada Park"
+email = "ada@example.com"
+role = "admin"
 "#;
 
 impl AppConfig {
@@ -109,6 +140,23 @@ impl AppConfig {
         let queues: HashSet<&QueueName> = self.queues.iter().map(|q| &q.name).collect();
         if queues.len() != self.queues.len() {
             return Err(invalid("queues", "queue names must be unique"));
+        }
+        let mut agent_ids = HashSet::new();
+        for a in &self.agents {
+            if !agent_ids.insert(&a.id) {
+                return Err(invalid(format!("agents.{}", a.id), "agent ids must be unique"));
+            }
+            if a.capacity == 0 {
+                return Err(invalid(format!("agents.{}.capacity", a.id), "must be at least 1"));
+            }
+            for q in &a.queues {
+                if !queues.contains(q) {
+                    return Err(invalid(
+                        format!("agents.{}.queues", a.id),
+                        format!("queue {:?} is not defined under [[queues]]", q.as_str()),
+                    ));
+                }
+            }
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();

@@ -3,7 +3,10 @@
 
 pub mod aws;
 pub mod contract;
+pub mod dataverse;
+pub mod dovecot;
 pub mod fixtures;
+pub mod smtp_sink;
 
 use std::path::PathBuf;
 

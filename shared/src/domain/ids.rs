@@ -374,6 +374,11 @@ name_id!(
     Category,
     "category"
 );
+name_id!(
+    /// An agent (or supervisor, admin, AI assistant) as the identity provider names them, e.g. `ana`.
+    AgentId,
+    "agent id"
+);
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,11 @@
 //! to the same behaviour. Errors say whether a retry can help, because that decides between
 //! retrying (SQS `batchItemFailures`, an SMTP 451) and recording a permanent failure.
 
+pub mod crm;
+pub mod identity;
+pub mod mailbox;
+pub mod outbound;
+
 use std::time::Duration;
 
 use async_trait::async_trait;

@@ -1,0 +1,1 @@
+//! (placeholder: test support for the dataverse server)

@@ -1,0 +1,1 @@
+//! (placeholder: test support for the smtp_sink server)
