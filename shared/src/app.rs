@@ -47,3 +47,14 @@ pub fn embedded_ingest_service(config: &AppConfig, backend: &EmbeddedBackend) ->
         Arc::new(backend.queue(ROUTING_QUEUE, DEFAULT_MAX_RECEIVES)),
     )
 }
+
+/// Builds the routing service on the embedded backend.
+pub fn embedded_routing_service(backend: &EmbeddedBackend) -> crate::usecases::routing::RoutingService {
+    let backend_arc = Arc::new(backend.clone());
+    crate::usecases::routing::RoutingService {
+        store: backend_arc.clone(),
+        transcripts: backend_arc,
+        work: Arc::new(backend.queue(ROUTING_QUEUE, DEFAULT_MAX_RECEIVES)),
+        clock: Arc::new(SystemClock),
+    }
+}

@@ -73,7 +73,8 @@ fn invalid(setting: impl Into<String>, problem: impl Into<String>) -> ConfigErro
 }
 
 /// The built-in demo: one channel `support@example.com` routing to queue `support`, where agents
-/// `ana` and `ben` take offers; `sam` supervises and `ada` administers.
+/// `ana` and `ben` take offers; `ben` also takes queue `billing` (for transfers); `sam`
+/// supervises and `ada` administers.
 pub const DEMO_CONFIG: &str = r#"
 [[channels]]
 name = "support"
@@ -82,6 +83,9 @@ default_queue = "support"
 
 [[queues]]
 name = "support"
+
+[[queues]]
+name = "billing"
 
 [[agents]]
 id = "ana"
@@ -93,7 +97,7 @@ queues = ["support"]
 id = "ben"
 name = "Ben Okafor"
 email = "ben@example.com"
-queues = ["support"]
+queues = ["support", "billing"]
 
 [[agents]]
 id = "sam"

@@ -7,6 +7,7 @@
 //! - [`config`]: typed configuration, read once.
 
 pub mod adapters;
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod domain;

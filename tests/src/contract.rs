@@ -109,8 +109,9 @@ pub async fn threading_and_duplicates(f: &dyn BackendFactory) {
     let routed = drain(b.routing.as_ref()).await;
     let ids: Vec<InteractionId> = routed
         .iter()
-        .map(|body| match RoutingRequest::from_body(body).expect("routing request") {
-            RoutingRequest::InteractionQueued { interaction_id, .. } => interaction_id,
+        .filter_map(|body| match RoutingRequest::from_body(body).expect("routing request") {
+            RoutingRequest::InteractionQueued { interaction_id, .. } => Some(interaction_id),
+            _ => None,
         })
         .collect();
     assert!(ids.contains(&alice));

@@ -44,6 +44,7 @@ fn interaction(origin: &Fingerprint, state: InteractionState) -> Interaction {
         created_at: at(0),
         updated_at: at(0),
         queued_at: (state == InteractionState::Queued).then(|| at(0)),
+        routing: Default::default(),
     }
 }
 

@@ -1,16 +1,21 @@
 //! In-memory adapters: for unit tests and for measuring the ingest CPU path without I/O.
 //! They keep the same idempotency rules as the real backends.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::domain::ids::{EmailAddress, Fingerprint, InteractionId, MessageId, RawMailKey};
+use crate::domain::agent::Agent;
+use crate::domain::ids::{AgentId, EmailAddress, Fingerprint, InteractionId, MessageId, QueueName, RawMailKey};
+use crate::domain::interaction::InteractionState;
 use crate::domain::interaction::{Interaction, StoredMessage};
 use crate::domain::journal::JournalEntry;
+use crate::domain::presence::{AgentState, Refusal, waiting_order};
+use crate::domain::queue::EmailQueue;
 use crate::domain::threading::ThreadCandidate;
+use crate::ports::routing::{AgentRecord, RoutingStore, TransitionFn, Transitioned};
 use crate::ports::{BackendError, BackendResult, FingerprintClaim, IngestStore, RawMailStore, ReceivedWork, WorkQueue};
 
 #[derive(Default)]
@@ -40,6 +45,8 @@ struct State {
     by_message_id: HashMap<MessageId, Vec<ThreadCandidate>>,
     interactions: HashMap<InteractionId, Interaction>,
     interaction_messages: HashMap<InteractionId, Vec<Fingerprint>>,
+    agents: BTreeMap<AgentId, AgentRecord>,
+    queues: BTreeMap<QueueName, EmailQueue>,
 }
 
 #[derive(Default)]
@@ -152,6 +159,80 @@ impl IngestStore for MemoryIngestStore {
         s.interactions.insert(interaction.id.clone(), interaction.clone());
         s.index(message);
         Ok(interaction)
+    }
+}
+
+#[async_trait]
+impl RoutingStore for MemoryIngestStore {
+    async fn put_agent(&self, agent: &Agent) -> BackendResult<()> {
+        let mut s = self.state.lock().expect("lock");
+        match s.agents.get_mut(&agent.id) {
+            Some(record) => record.agent = agent.clone(),
+            None => {
+                let record = AgentRecord { agent: agent.clone(), state: AgentState::new(chrono::Utc::now()) };
+                s.agents.insert(agent.id.clone(), record);
+            }
+        }
+        Ok(())
+    }
+
+    async fn agent(&self, id: &AgentId) -> BackendResult<Option<AgentRecord>> {
+        Ok(self.state.lock().expect("lock").agents.get(id).cloned())
+    }
+
+    async fn agents(&self) -> BackendResult<Vec<AgentRecord>> {
+        Ok(self.state.lock().expect("lock").agents.values().cloned().collect())
+    }
+
+    async fn put_queue(&self, queue: &EmailQueue) -> BackendResult<()> {
+        self.state.lock().expect("lock").queues.insert(queue.name.clone(), queue.clone());
+        Ok(())
+    }
+
+    async fn queues(&self) -> BackendResult<Vec<EmailQueue>> {
+        Ok(self.state.lock().expect("lock").queues.values().cloned().collect())
+    }
+
+    async fn waiting(&self, queue: &QueueName, limit: usize) -> BackendResult<Vec<Interaction>> {
+        let s = self.state.lock().expect("lock");
+        let mut list: Vec<&Interaction> =
+            s.interactions.values().filter(|i| i.state == InteractionState::Queued && &i.queue == queue).collect();
+        list.sort_by(|a, b| waiting_order((a, 0), (b, 0)));
+        Ok(list.into_iter().take(limit).cloned().collect())
+    }
+
+    async fn held_by(&self, agent: &AgentId) -> BackendResult<Vec<Interaction>> {
+        let s = self.state.lock().expect("lock");
+        let mut list: Vec<Interaction> = s
+            .interactions
+            .values()
+            .filter(|i| matches!(i.state, InteractionState::Offered | InteractionState::Assigned))
+            .filter(|i| i.routing.agent.as_ref() == Some(agent))
+            .cloned()
+            .collect();
+        list.sort_by_key(|i| i.updated_at);
+        Ok(list)
+    }
+
+    async fn transition(
+        &self,
+        interaction: Option<&InteractionId>,
+        agent: Option<&AgentId>,
+        change: &TransitionFn<'_>,
+    ) -> BackendResult<Result<Transitioned, Refusal>> {
+        let mut s = self.state.lock().expect("lock");
+        let mut i = interaction.and_then(|id| s.interactions.get(id).cloned());
+        let mut a = agent.and_then(|id| s.agents.get(id).cloned());
+        if let Err(refusal) = change(i.as_mut(), a.as_mut()) {
+            return Ok(Err(refusal));
+        }
+        if let Some(i) = &i {
+            s.interactions.insert(i.id.clone(), i.clone());
+        }
+        if let Some(a) = &a {
+            s.agents.insert(a.agent.id.clone(), a.clone());
+        }
+        Ok(Ok(Transitioned { interaction: i, agent: a }))
     }
 }
 

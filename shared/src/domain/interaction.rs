@@ -118,6 +118,9 @@ pub struct Interaction {
     pub updated_at: DateTime<Utc>,
     /// When it last started waiting in a queue (for longest-waiting-first routing).
     pub queued_at: Option<DateTime<Utc>>,
+    /// Who it is offered or assigned to, and the history routing needs.
+    #[serde(default)]
+    pub routing: super::presence::RoutingState,
 }
 
 impl Interaction {

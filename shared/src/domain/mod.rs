@@ -7,6 +7,7 @@ pub mod email;
 pub mod ids;
 pub mod interaction;
 pub mod journal;
+pub mod presence;
 pub mod queue;
 pub mod routing;
 pub mod screening;

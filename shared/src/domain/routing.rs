@@ -2,14 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{InteractionId, QueueName};
+use super::ids::{AgentId, InteractionId, QueueName};
 use super::interaction::Priority;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RoutingRequest {
-    /// An interaction waits in a queue for an agent (new, threaded into an ended one, transferred).
+    /// An interaction waits in a queue for an agent (new, threaded into an ended one, rejected,
+    /// transferred).
     InteractionQueued { interaction_id: InteractionId, queue: QueueName, priority: Priority },
+    /// An agent can take work: they came back, or finished something.
+    AgentAvailable { agent_id: AgentId },
+    /// An offer's time is up (sent with a delay when the offer is made). Only that offer expires.
+    OfferExpired { interaction_id: InteractionId, agent_id: AgentId, offer_id: String },
 }
 
 impl RoutingRequest {

@@ -110,6 +110,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
             queued_at: None,
+            routing: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod crm;
 pub mod identity;
 pub mod mailbox;
 pub mod outbound;
+pub mod routing;
 
 use std::time::Duration;
 

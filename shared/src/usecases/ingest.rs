@@ -295,6 +295,7 @@ impl IngestService {
                     created_at: entry.received_at,
                     updated_at: entry.received_at,
                     queued_at: Some(entry.received_at),
+                    routing: Default::default(),
                 };
                 self.store.create_interaction(&interaction, &message).await?;
                 interaction

@@ -4,4 +4,5 @@ pub mod dead_letters;
 pub mod handoff;
 pub mod ingest;
 pub mod poll_mailbox;
+pub mod routing;
 pub mod send_mail;

@@ -6,6 +6,7 @@
 //! `mailroom ingest`) can share the directory.
 
 mod queue;
+mod routing;
 mod store;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,19 @@ CREATE TABLE IF NOT EXISTS interactions (
     queue TEXT NOT NULL,
     priority INTEGER NOT NULL,
     queued_at TEXT,
+    -- the agent it is offered or assigned to
+    agent TEXT,
+    data TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS interactions_waiting ON interactions(queue, state, priority DESC, queued_at, id);
+CREATE INDEX IF NOT EXISTS interactions_by_agent ON interactions(agent) WHERE agent IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    state TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
     data TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (

@@ -10,11 +10,11 @@ use crate::domain::journal::JournalEntry;
 use crate::domain::threading::ThreadCandidate;
 use crate::ports::{BackendError, BackendResult, FingerprintClaim, IngestStore, RawMailStore};
 
-fn to_json<T: serde::Serialize>(v: &T) -> BackendResult<String> {
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> BackendResult<String> {
     serde_json::to_string(v).map_err(|e| json_error("encode record", e))
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> BackendResult<T> {
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> BackendResult<T> {
     serde_json::from_str(s).map_err(|e| json_error("decode record", e))
 }
 
@@ -60,18 +60,22 @@ fn put_message(conn: &rusqlite::Connection, m: &StoredMessage) -> BackendResult<
     Ok(inserted == 1)
 }
 
-fn put_interaction(conn: &rusqlite::Connection, i: &Interaction) -> BackendResult<()> {
+pub(super) fn put_interaction(conn: &rusqlite::Connection, i: &Interaction) -> BackendResult<()> {
+    // Fixed-width UTC timestamps sort as text: the waiting index orders by them.
+    let queued_at = i.queued_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     conn.execute(
-        "INSERT INTO interactions (id, origin, state, queue, priority, queued_at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+        "INSERT INTO interactions (id, origin, state, queue, priority, queued_at, agent, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(id) DO UPDATE SET state = excluded.state, queue = excluded.queue, priority = excluded.priority,
-                                      queued_at = excluded.queued_at, data = excluded.data",
+                                      queued_at = excluded.queued_at, agent = excluded.agent, data = excluded.data",
         params![
             i.id.as_str(),
             i.origin.as_str(),
             i.state.as_str(),
             i.queue.as_str(),
             i.priority.value(),
-            i.queued_at.map(|t| t.to_rfc3339()),
+            queued_at,
+            i.routing.agent.as_ref().map(|a| a.as_str()),
             to_json(i)?
         ],
     )
@@ -79,7 +83,7 @@ fn put_interaction(conn: &rusqlite::Connection, i: &Interaction) -> BackendResul
     Ok(())
 }
 
-fn get_interaction(conn: &rusqlite::Connection, id: &InteractionId) -> BackendResult<Option<Interaction>> {
+pub(super) fn get_interaction(conn: &rusqlite::Connection, id: &InteractionId) -> BackendResult<Option<Interaction>> {
     let data: Option<String> = conn
         .query_row("SELECT data FROM interactions WHERE id = ?1", [id.as_str()], |r| r.get(0))
         .optional()

@@ -41,6 +41,8 @@ enum Command {
     Dlq(ops_cmd::DlqArgs),
     /// Print the effective configuration (the demo when no --config is given).
     Config,
+    /// Mint a development token for the local agent API.
+    Token(ops_cmd::TokenArgs),
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<AppConfig> {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
             Command::Journal(args) => ops_cmd::journal(args, &cli.data_dir).await,
             Command::Status => ops_cmd::status(&cli.data_dir).await,
             Command::Dlq(args) => ops_cmd::dlq(args, &cli.data_dir).await,
+            Command::Token(args) => ops_cmd::token(args, &config, &cli.data_dir),
             Command::Config => {
                 println!("{}", toml::to_string_pretty(&config)?);
                 Ok(ExitCode::SUCCESS)

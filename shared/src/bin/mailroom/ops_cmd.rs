@@ -47,7 +47,13 @@ pub async fn status(data_dir: &Path) -> anyhow::Result<ExitCode> {
     for (disposition, count) in backend.journal_counts()? {
         println!("  {disposition:<12} {count}");
     }
-    println!("queues (messages waiting or in flight):");
+    println!("email queues (interactions waiting for an agent):");
+    let routing = mailroom::app::embedded_routing_service(&backend);
+    for q in routing.queue_views().await? {
+        let oldest = q.oldest_wait_seconds.map(|s| format!(", oldest {s} s")).unwrap_or_default();
+        println!("  {:<16} {} waiting{oldest}, {} agent(s) free", q.queue.as_str(), q.waiting, q.available_agents);
+    }
+    println!("work queues (messages waiting or in flight):");
     let mut names = backend.queue_names()?;
     if !names.iter().any(|n| n == mailroom::app::ROUTING_QUEUE) {
         names.insert(0, mailroom::app::ROUTING_QUEUE.to_string());
@@ -97,5 +103,37 @@ pub async fn dlq(args: DlqArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
             println!("replayed {moved} message(s) from {}-dlq to {queue}", queue);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The agent the token speaks for (an agent id from the configuration).
+    #[arg(long)]
+    agent: String,
+    /// agent, supervisor, admin or ai_assistant; defaults to the agent's role in the configuration.
+    #[arg(long)]
+    role: Option<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value_t = 12)]
+    ttl_hours: i64,
+}
+
+/// Prints a token signed with this data directory's key, which `mailroom serve` verifies.
+pub fn token(args: TokenArgs, config: &mailroom::config::AppConfig, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    use mailroom::domain::agent::Role;
+    let id = mailroom::domain::ids::AgentId::parse(&args.agent)?;
+    let configured = config.agents.iter().find(|a| a.id == id);
+    let role = match &args.role {
+        Some(r) => {
+            Role::parse(r).ok_or_else(|| anyhow::anyhow!("--role must be agent, supervisor, admin or ai_assistant"))?
+        }
+        None => configured.map(|a| a.role).unwrap_or_default(),
+    };
+    if configured.is_none() && role != Role::AiAssistant {
+        anyhow::bail!("no agent {id:?} in the configuration (see `mailroom config`)");
+    }
+    let secret = mailroom::api::auth::local_secret(data_dir)?;
+    println!("{}", mailroom::api::auth::mint_local_token(&secret, &id, role, chrono::Duration::hours(args.ttl_hours)));
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use clap::Args;
 use mailroom::adapters::embedded::EmbeddedBackend;
 use mailroom::adapters::smtp_listener::{self, DeliveryRejection, Envelope, SmtpDelivery, SmtpListenerConfig};
-use mailroom::app::embedded_ingest_service;
+use mailroom::api::AppState;
+use mailroom::api::auth::{Authenticator, local_secret};
+use mailroom::app::{embedded_ingest_service, embedded_routing_service};
 use mailroom::config::{AppConfig, ChannelSet};
 use mailroom::domain::ids::EmailAddress;
 use mailroom::domain::journal::Source;
@@ -23,6 +25,12 @@ pub struct ServeArgs {
     /// Where the SMTP listener accepts inbound mail (as SES would).
     #[arg(long, env = "MAILROOM_SMTP_ADDR", default_value = "127.0.0.1:2525")]
     smtp_addr: SocketAddr,
+    /// Where the agent API listens.
+    #[arg(long, env = "MAILROOM_API_ADDR", default_value = "127.0.0.1:8080")]
+    api_addr: SocketAddr,
+    /// How many offer workers take routing requests concurrently.
+    #[arg(long, default_value_t = 2)]
+    offer_workers: usize,
 }
 
 /// Hands each accepted message to the ingest use case; answers 250 only once it is journaled.
@@ -63,6 +71,30 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
     let channels = ChannelSet::from_config(config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
+    let routing = embedded_routing_service(&backend);
+    routing.seed(&config.agents, &config.queues).await?;
+    let mut workers = Vec::new();
+    for _ in 0..args.offer_workers.max(1) {
+        let routing = routing.clone();
+        let shutdown = shutdown_rx.clone();
+        workers.push(tokio::spawn(async move { routing.run_worker(shutdown).await }));
+    }
+
+    let secret = local_secret(data_dir)?;
+    let api_state = AppState { routing: routing.clone(), auth: Arc::new(Authenticator::local(&secret)) };
+    let api = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the API on {}: {e}", args.api_addr))?;
+    let api_addr = api.local_addr()?;
+    let mut api_shutdown = shutdown_rx.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api, mailroom::api::router(api_state))
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
     let smtp = tokio::net::TcpListener::bind(args.smtp_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for SMTP on {}: {e}", args.smtp_addr))?;
@@ -81,12 +113,17 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
         println!("  channel {:<12} {}  -> queue {}", c.name.as_str(), c.address, c.default_queue);
     }
     println!("SMTP listening on {smtp_addr} (send mail to a channel address above)");
+    println!("API listening on http://{api_addr}/v1 (tokens: mailroom token --agent ana)");
     println!("press Ctrl-C to stop");
 
     tokio::signal::ctrl_c().await?;
     println!("stopping: finishing messages in progress");
     let _ = shutdown_tx.send(true);
     smtp_task.await??;
+    api_task.await??;
+    for w in workers {
+        w.await?;
+    }
     println!("stopped");
     Ok(ExitCode::SUCCESS)
 }

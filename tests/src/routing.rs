@@ -1,0 +1,393 @@
+//! Routing scenarios every backend must pass: the concurrency storm of issue 4 and the offer
+//! order. Run on the embedded backend and on moto's DynamoDB and SQS.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use mailroom::domain::agent::{Agent, Role};
+use mailroom::domain::ids::{
+    AgentId, Category, ChannelName, EmailAddress, Fingerprint, InteractionId, QueueName, RawMailKey,
+};
+use mailroom::domain::interaction::{Direction, Interaction, InteractionState, Priority, Sentiment, StoredMessage};
+use mailroom::domain::journal::Disposition;
+use mailroom::domain::presence::{ChosenPresence, Refusal};
+use mailroom::domain::queue::EmailQueue;
+use mailroom::domain::routing::RoutingRequest;
+use mailroom::ports::routing::RoutingStore;
+use mailroom::ports::{IngestStore, SystemClock, WorkQueue};
+use mailroom::usecases::routing::{RoutingError, RoutingService, check_invariants};
+
+/// One isolated set of routing resources.
+pub struct RoutingBackend {
+    pub store: Arc<dyn RoutingStore>,
+    pub transcripts: Arc<dyn IngestStore>,
+    pub work: Arc<dyn WorkQueue>,
+}
+
+#[async_trait]
+pub trait RoutingFactory: Send + Sync {
+    async fn fresh(&self) -> RoutingBackend;
+}
+
+fn service(b: &RoutingBackend) -> RoutingService {
+    RoutingService {
+        store: b.store.clone(),
+        transcripts: b.transcripts.clone(),
+        work: b.work.clone(),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// xorshift64*, deterministic per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn q(name: &str) -> QueueName {
+    QueueName::parse(name).expect("queue name")
+}
+
+/// An interaction waiting in `queue`, created as ingest would, with its first message.
+pub fn waiting_interaction(n: u64, queue: &QueueName, priority: u8, age_ms: i64) -> (Interaction, StoredMessage) {
+    let mut digest = [0u8; 32];
+    digest[..8].copy_from_slice(&n.to_be_bytes());
+    digest[8] = 0xAB;
+    let fp = Fingerprint::from_digest(digest);
+    let id = InteractionId::for_first_message(&fp);
+    let at = Utc::now() - chrono::Duration::milliseconds(age_ms);
+    let customer = EmailAddress::parse(&format!("customer{n}@example.org")).expect("address");
+    let interaction = Interaction {
+        id: id.clone(),
+        channel: ChannelName::parse("support").expect("name"),
+        customer: customer.clone(),
+        customer_name: Some(format!("Customer {n}")),
+        subject: format!("Question {n}"),
+        queue: queue.clone(),
+        priority: Priority::new(priority).expect("priority"),
+        state: InteractionState::Queued,
+        category: Category::parse("general").expect("category"),
+        sentiment: Sentiment::Neutral,
+        participants: vec![],
+        origin: fp.clone(),
+        message_count: 1,
+        created_at: at,
+        updated_at: at,
+        queued_at: Some(at),
+        routing: Default::default(),
+    };
+    let message = StoredMessage {
+        fingerprint: fp,
+        interaction_id: id,
+        raw_key: RawMailKey::of(&n.to_be_bytes()),
+        direction: Direction::Inbound,
+        message_id: None,
+        conversation_key: None,
+        from: customer,
+        from_name: None,
+        to: vec![],
+        cc: vec![],
+        subject: format!("Question {n}"),
+        sent_at: None,
+        received_at: at,
+        text_body: "Hello".into(),
+        body_truncated: false,
+        attachments: vec![],
+        degraded: vec![],
+        disposition: Disposition::New,
+        reason: String::new(),
+        category: Category::parse("general").expect("category"),
+        sentiment: Sentiment::Neutral,
+    };
+    (interaction, message)
+}
+
+async fn enqueue(b: &RoutingBackend, i: &Interaction) {
+    let request = RoutingRequest::InteractionQueued {
+        interaction_id: i.id.clone(),
+        queue: i.queue.clone(),
+        priority: i.priority,
+    };
+    b.work.send(&request.to_body(), Duration::ZERO).await.expect("send");
+}
+
+/// Takes routing requests until `stop`, sometimes "crashing" before the delete (the message is
+/// redelivered after its visibility timeout) and sometimes handling a message twice.
+async fn worker(svc: RoutingService, stop: Arc<AtomicBool>, seed: u64) {
+    let mut rng = Rng(seed);
+    while !stop.load(Ordering::Relaxed) {
+        let batch = match svc.work.receive(10, Duration::from_secs(2), Duration::from_millis(200)).await {
+            Ok(b) => b,
+            Err(_) => continue,
+        };
+        for w in batch {
+            if rng.chance(5) {
+                continue; // crashed before handling: redelivered later
+            }
+            let handled = svc.handle(&w.body).await;
+            if rng.chance(5) {
+                let _ = svc.handle(&w.body).await; // a duplicate delivery handled concurrently
+            }
+            match handled {
+                Ok(_) => {
+                    if !rng.chance(5) {
+                        let _ = svc.work.delete(&w.receipt).await; // else: crashed after handling
+                    }
+                }
+                Err(e) if e.is_transient() => {}
+                Err(e) => panic!("routing request failed: {e}"),
+            }
+        }
+    }
+}
+
+/// What the storm observed; every list must be empty.
+#[derive(Debug, Default)]
+pub struct StormReport {
+    pub violations: Vec<String>,
+    pub ended: usize,
+    pub accepted: usize,
+    pub rejected: usize,
+    pub timed_out_or_ignored: usize,
+    pub transfers: usize,
+}
+
+pub struct Storm {
+    pub workers: usize,
+    pub agents: usize,
+    pub emails: usize,
+    pub time_limit: Duration,
+}
+
+/// At least 20 offer workers, 100 agents and 2,000 emails with random accepts, rejects and
+/// time-outs and redelivered messages: no email held by two agents, no agent over capacity, every
+/// email offered and ended exactly once.
+pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
+    let b = f.fresh().await;
+    let svc = service(&b);
+    let queues = [q("support"), q("billing"), q("vip")];
+    let queue_defs: Vec<EmailQueue> = queues
+        .iter()
+        .enumerate()
+        .map(|(n, name)| EmailQueue { allow_reject: n != 2, offer_timeout_secs: 1, ..EmailQueue::named(name.clone()) })
+        .collect();
+    let mut rng = Rng(42);
+    let mut agents = Vec::new();
+    for n in 0..cfg.agents {
+        let mut member: Vec<QueueName> = queues.iter().filter(|_| rng.chance(50)).cloned().collect();
+        if member.is_empty() {
+            member.push(queues[n % 3].clone());
+        }
+        agents.push(Agent {
+            id: AgentId::parse(&format!("agent{n:03}")).expect("id"),
+            name: format!("Agent {n}"),
+            email: EmailAddress::parse(&format!("agent{n}@example.com")).expect("email"),
+            queues: member,
+            capacity: 1 + rng.below(3) as u32,
+            role: Role::Agent,
+        });
+    }
+    svc.seed(&agents, &queue_defs).await.expect("seed");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..cfg.workers {
+        tasks.push(tokio::spawn(worker(svc.clone(), stop.clone(), 1000 + w as u64)));
+    }
+
+    // The emails arrive while agents work; some routing requests are sent twice.
+    let feeder = {
+        let (b, emails) = (
+            RoutingBackend { store: b.store.clone(), transcripts: b.transcripts.clone(), work: b.work.clone() },
+            cfg.emails,
+        );
+        tokio::spawn(async move {
+            let mut rng = Rng(7);
+            for n in 0..emails as u64 {
+                let queue = q(["support", "billing", "vip"][rng.below(3) as usize]);
+                let (i, m) = waiting_interaction(n, &queue, 1 + rng.below(10) as u8, 0);
+                b.transcripts.create_interaction(&i, &m).await.expect("create");
+                enqueue(&b, &i).await;
+                if rng.chance(10) {
+                    enqueue(&b, &i).await;
+                }
+                if n % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    let holders: Arc<Mutex<HashMap<InteractionId, AgentId>>> = Arc::default();
+    let ended: Arc<Mutex<HashSet<InteractionId>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let counts: Arc<[AtomicUsize; 4]> = Arc::new([(); 4].map(|_| AtomicUsize::new(0)));
+    for (n, agent) in agents.iter().enumerate() {
+        let (svc, stop, holders, ended, violations, counts) =
+            (svc.clone(), stop.clone(), holders.clone(), ended.clone(), violations.clone(), counts.clone());
+        let (me, capacity, queues) = (agent.id.clone(), agent.capacity, queues.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(5000 + n as u64);
+            let mut held: Vec<InteractionId> = Vec::new();
+            let _ = svc.set_presence(&me, ChosenPresence::Available).await;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+                // Finish some of the work in hand: end it, or now and then transfer it.
+                if !held.is_empty() && rng.chance(40) {
+                    let id = held.remove(rng.below(held.len() as u64) as usize);
+                    holders.lock().expect("lock").remove(&id);
+                    let transfer_to = queues[rng.below(3) as usize].clone();
+                    let result = if rng.chance(8) {
+                        svc.transfer(&me, &id, &transfer_to).await.map(|_| true)
+                    } else {
+                        svc.end(&me, &id).await.map(|_| false)
+                    };
+                    match result {
+                        Ok(true) => {
+                            counts[3].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {
+                            if !ended.lock().expect("lock").insert(id.clone()) {
+                                violations.lock().expect("lock").push(format!("{id} ended twice"));
+                            }
+                        }
+                        Err(RoutingError::Refused(Refusal::SameQueue(_))) => {
+                            let _ = svc.end(&me, &id).await.map(|_| ended.lock().expect("lock").insert(id.clone()));
+                        }
+                        Err(e) => violations.lock().expect("lock").push(format!("{me} could not finish {id}: {e}")),
+                    }
+                }
+                let Ok(offers) = svc.offers(&me).await else { continue };
+                for offer in offers {
+                    let roll = rng.below(100);
+                    if roll < 70 {
+                        match svc.accept(&me, &offer.interaction_id).await {
+                            Ok(_) => {
+                                counts[0].fetch_add(1, Ordering::Relaxed);
+                                if let Some(other) =
+                                    holders.lock().expect("lock").insert(offer.interaction_id.clone(), me.clone())
+                                {
+                                    violations
+                                        .lock()
+                                        .expect("lock")
+                                        .push(format!("{} held by {other} and {me}", offer.interaction_id));
+                                }
+                                held.push(offer.interaction_id.clone());
+                                if held.len() as u32 > capacity {
+                                    violations
+                                        .lock()
+                                        .expect("lock")
+                                        .push(format!("{me} holds {} over capacity {capacity}", held.len()));
+                                }
+                            }
+                            // Timed out just before: fine.
+                            Err(RoutingError::Refused(_)) => {}
+                            Err(e) => violations.lock().expect("lock").push(format!("accept failed: {e}")),
+                        }
+                    } else if roll < 85 {
+                        match svc.reject(&me, &offer.interaction_id).await {
+                            Ok(_) => {
+                                counts[1].fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(RoutingError::Refused(_)) => {}
+                            Err(e) => violations.lock().expect("lock").push(format!("reject failed: {e}")),
+                        }
+                    } else {
+                        counts[2].fetch_add(1, Ordering::Relaxed); // ignore it: it times out
+                    }
+                }
+                // Working offline after a reject or a time-out: come back a little later.
+                if let Ok(record) = svc.agent(&me).await
+                    && record.state.presence == mailroom::domain::presence::Presence::WorkingOffline
+                    && rng.chance(30)
+                {
+                    let _ = svc.set_presence(&me, ChosenPresence::Available).await;
+                }
+            }
+        }));
+    }
+
+    feeder.await.expect("feeder");
+    let deadline = tokio::time::Instant::now() + cfg.time_limit;
+    while ended.lock().expect("lock").len() < cfg.emails && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("task");
+    }
+
+    let mut report = StormReport {
+        violations: violations.lock().expect("lock").clone(),
+        ended: ended.lock().expect("lock").len(),
+        accepted: counts[0].load(Ordering::Relaxed),
+        rejected: counts[1].load(Ordering::Relaxed),
+        timed_out_or_ignored: counts[2].load(Ordering::Relaxed),
+        transfers: counts[3].load(Ordering::Relaxed),
+    };
+    if report.ended < cfg.emails {
+        report
+            .violations
+            .push(format!("only {} of {} emails were ended within {:?}", report.ended, cfg.emails, cfg.time_limit));
+    }
+    // At rest, every agent's counters match what they hold, and nothing is held twice.
+    let records = b.store.agents().await.expect("agents");
+    let mut held = HashMap::new();
+    for r in &records {
+        held.insert(r.agent.id.clone(), b.store.held_by(&r.agent.id).await.expect("held"));
+    }
+    report.violations.extend(check_invariants(&records, &held));
+    report
+}
+
+/// With one free agent, offers come highest priority first, then longest waiting.
+pub async fn offers_follow_priority_then_waiting_time(f: &dyn RoutingFactory) {
+    let b = f.fresh().await;
+    let svc = service(&b);
+    let support = q("support");
+    let ana = Agent {
+        id: AgentId::parse("ana").expect("id"),
+        name: "Ana".into(),
+        email: EmailAddress::parse("ana@example.com").expect("email"),
+        queues: vec![support.clone()],
+        capacity: 1,
+        role: Role::Agent,
+    };
+    svc.seed(std::slice::from_ref(&ana), &[EmailQueue::named(support.clone())]).await.expect("seed");
+    // (n, priority, age in ms): expected order 2 (priority 9), 1 (oldest of priority 5), 3, 0 (priority 1).
+    let items = [(0u64, 1u8, 900i64), (1, 5, 800), (2, 9, 10), (3, 5, 100)];
+    for (n, p, age) in items {
+        let (i, m) = waiting_interaction(n, &support, p, age);
+        b.transcripts.create_interaction(&i, &m).await.expect("create");
+    }
+    let expected: Vec<InteractionId> =
+        [2u64, 1, 3, 0].iter().map(|n| waiting_interaction(*n, &support, 1, 0).0.id).collect();
+    svc.set_presence(&ana.id, ChosenPresence::Available).await.expect("presence");
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        svc.dispatch(&support).await.expect("dispatch");
+        let offers = svc.offers(&ana.id).await.expect("offers");
+        assert_eq!(offers.len(), 1, "one offer at a time");
+        let id = offers[0].interaction_id.clone();
+        svc.accept(&ana.id, &id).await.expect("accept");
+        svc.end(&ana.id, &id).await.expect("end");
+        got.push(id);
+    }
+    assert_eq!(got, expected);
+}
