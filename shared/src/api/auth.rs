@@ -9,12 +9,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
 use super::error::ApiError;
 use crate::domain::agent::Role;
 use crate::domain::ids::AgentId;
@@ -85,11 +84,18 @@ fn caller_from(sub: &str, role: Option<&str>) -> Result<Caller, ApiError> {
     Ok(Caller { id, role })
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// Works with any router state that can hand out the authenticator, so each capability's routes
+/// can keep a state of their own.
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Arc<Authenticator>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        match state.auth.as_ref() {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Arc::<Authenticator>::from_ref(state);
+        match auth.as_ref() {
             Authenticator::Gateway { role_claim } => {
                 let claims = parts
                     .extensions

@@ -11,15 +11,27 @@ mod routes;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
 
 use crate::usecases::routing::RoutingService;
 
-#[derive(Clone)]
+#[derive(Clone, FromRef)]
 pub struct AppState {
     pub routing: RoutingService,
     pub auth: Arc<auth::Authenticator>,
+}
+
+/// A capability's part of the API (mailbox administration, outbound mail, CRM, Teams...): its
+/// routes with their own state already applied, the (method, path) list, and its OpenAPI paths.
+/// `router` merges them, and the OpenAPI document and its route check cover them too.
+pub struct ApiModule {
+    pub router: Router,
+    pub routes: &'static [(&'static str, &'static str)],
+    /// An OpenAPI `paths` object for `routes`.
+    pub openapi_paths: serde_json::Value,
+    /// Extra OpenAPI `components.schemas` entries.
+    pub openapi_schemas: serde_json::Value,
 }
 
 /// Every route, as (method, path) in OpenAPI's path syntax; the OpenAPI document is checked
@@ -44,10 +56,29 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Request bodies are small JSON documents; attachments will get their own limit.
 const BODY_LIMIT: usize = 256 * 1024;
 
-pub fn router(state: AppState) -> Router {
+/// The whole API: the core routes (agents, offers, interactions, supervisors) and each module's.
+pub fn router(state: AppState, modules: Vec<ApiModule>) -> Router {
+    let document = openapi::document_with(&modules);
+    let mut router = core_router(state, document);
+    for m in modules {
+        router = router.merge(m.router);
+    }
+    router
+        .fallback(|| async { error::ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+}
+
+fn core_router(state: AppState, document: serde_json::Value) -> Router {
+    let document = Arc::new(document);
     Router::new()
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { axum::Json((*document).clone()) }
+            }),
+        )
         .route("/v1/health", get(routes::health))
-        .route("/v1/openapi.json", get(routes::openapi))
         .route("/v1/me", get(routes::me))
         .route("/v1/me/presence", get(routes::get_presence).put(routes::put_presence))
         .route("/v1/me/offers", get(routes::offers))
@@ -59,7 +90,5 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/interactions/{interaction_id}/transfer", post(routes::transfer))
         .route("/v1/queues", get(routes::queues))
         .route("/v1/agents", get(routes::agents))
-        .fallback(|| async { error::ApiError::not_found("no such endpoint; see /v1/openapi.json") })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

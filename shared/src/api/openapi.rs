@@ -22,6 +22,42 @@ fn body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
 
+/// The document with every module's paths and schemas merged in.
+pub fn document_with(modules: &[super::ApiModule]) -> Value {
+    let mut doc = document();
+    for m in modules {
+        if let (Some(paths), Some(extra)) = (doc["paths"].as_object_mut(), m.openapi_paths.as_object()) {
+            paths.extend(extra.clone());
+        }
+        if let (Some(schemas), Some(extra)) =
+            (doc["components"]["schemas"].as_object_mut(), m.openapi_schemas.as_object())
+        {
+            schemas.extend(extra.clone());
+        }
+    }
+    doc
+}
+
+/// Checks that a document describes exactly `routes`: returns what is missing or extra.
+pub fn check_routes(doc: &Value, routes: &[(&str, &str)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let paths = doc["paths"].as_object().cloned().unwrap_or_default();
+    for (method, path) in routes {
+        if paths.get(*path).and_then(|p| p.get(*method)).is_none() {
+            problems.push(format!("{method} {path} is not in the OpenAPI document"));
+        }
+    }
+    for (path, item) in &paths {
+        for method in item.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+            if !routes.iter().any(|(m, p)| *m == method && *p == path) {
+                problems.push(format!("{method} {path} is documented but not routed"));
+            }
+        }
+    }
+    problems
+}
+
+/// The core document (agents, offers, interactions, supervisors).
 pub fn document() -> Value {
     let error = json!({ "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } });
     json!({

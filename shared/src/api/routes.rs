@@ -132,7 +132,3 @@ pub async fn agents(State(s): State<AppState>, caller: Caller) -> Result<Json<Va
     caller.require_supervisor()?;
     Ok(Json(json!({ "agents": s.routing.agent_views().await? })))
 }
-
-pub async fn openapi() -> Json<Value> {
-    Json(super::openapi::document())
-}

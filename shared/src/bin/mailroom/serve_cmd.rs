@@ -88,7 +88,7 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
     let api_addr = api.local_addr()?;
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
-        axum::serve(api, mailroom::api::router(api_state))
+        axum::serve(api, mailroom::api::router(api_state, Vec::new()))
             .with_graceful_shutdown(async move {
                 let _ = api_shutdown.wait_for(|stop| *stop).await;
             })
