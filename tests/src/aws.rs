@@ -20,6 +20,7 @@ use mailroom::adapters::aws::{AwsBackend, AwsSettings, SqsWorkQueue, s3_client};
 use mailroom::ports::WorkQueue;
 
 use crate::contract::{Backend, BackendFactory};
+use crate::routing::{RoutingBackend, RoutingFactory};
 
 /// The environment variable naming moto's endpoint.
 pub const MOTO_URL_VAR: &str = "MAILROOM_TEST_MOTO_URL";
@@ -188,5 +189,19 @@ impl BackendFactory for Moto {
     async fn queue_with_dlq(&self, max_receives: u32) -> (Arc<dyn WorkQueue>, Arc<dyn WorkQueue>) {
         let (url, dlq_url) = self.create_queue_with_dlq(&unique_name("mr-q"), max_receives).await;
         (Arc::new(self.queue(&url)), Arc::new(self.queue(&dlq_url)))
+    }
+}
+
+/// The routing scenarios' resources on moto: a fresh table (interactions, agents and queues in
+/// one, as in AWS) and a routing queue with its dead-letter queue.
+#[async_trait]
+impl RoutingFactory for Moto {
+    async fn fresh(&self) -> RoutingBackend {
+        let fresh = self.fresh_backend().await;
+        RoutingBackend {
+            store: fresh.backend.store.clone(),
+            transcripts: fresh.backend.store,
+            work: fresh.backend.routing,
+        }
     }
 }

@@ -172,7 +172,27 @@ pub struct Storm {
     pub workers: usize,
     pub agents: usize,
     pub emails: usize,
+    /// How long, after the last email arrived, the agents get to work through the queues.
     pub time_limit: Duration,
+    /// Each agent's pause between looks at their offers, in milliseconds (a range). Against moto,
+    /// a single Python process, 100 agents looking every few milliseconds would measure moto.
+    pub agent_pause_ms: (u64, u64),
+    /// The queues' offer time-out: long enough that an agent who wants an offer sees it in time.
+    pub offer_timeout_secs: u32,
+}
+
+impl Storm {
+    /// The storm: 20 offer workers, 100 agents, 2,000 emails.
+    pub fn standard() -> Self {
+        Self {
+            workers: 20,
+            agents: 100,
+            emails: 2_000,
+            time_limit: Duration::from_secs(240),
+            agent_pause_ms: (10, 50),
+            offer_timeout_secs: 1,
+        }
+    }
 }
 
 /// At least 20 offer workers, 100 agents and 2,000 emails with random accepts, rejects and
@@ -185,7 +205,11 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
     let queue_defs: Vec<EmailQueue> = queues
         .iter()
         .enumerate()
-        .map(|(n, name)| EmailQueue { allow_reject: n != 2, offer_timeout_secs: 1, ..EmailQueue::named(name.clone()) })
+        .map(|(n, name)| EmailQueue {
+            allow_reject: n != 2,
+            offer_timeout_secs: cfg.offer_timeout_secs,
+            ..EmailQueue::named(name.clone())
+        })
         .collect();
     let mut rng = Rng(42);
     let mut agents = Vec::new();
@@ -242,12 +266,13 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
         let (svc, stop, holders, ended, violations, counts) =
             (svc.clone(), stop.clone(), holders.clone(), ended.clone(), violations.clone(), counts.clone());
         let (me, capacity, queues) = (agent.id.clone(), agent.capacity, queues.clone());
+        let (pause_min, pause_spread) = (cfg.agent_pause_ms.0, cfg.agent_pause_ms.1.saturating_sub(cfg.agent_pause_ms.0).max(1));
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(5000 + n as u64);
             let mut held: Vec<InteractionId> = Vec::new();
             let _ = svc.set_presence(&me, ChosenPresence::Available).await;
             while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(10 + rng.below(40))).await;
+                tokio::time::sleep(Duration::from_millis(pause_min + rng.below(pause_spread))).await;
                 // Finish some of the work in hand: end it, or now and then transfer it.
                 if !held.is_empty() && rng.chance(40) {
                     let id = held.remove(rng.below(held.len() as u64) as usize);

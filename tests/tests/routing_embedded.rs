@@ -25,11 +25,7 @@ impl RoutingFactory for Embedded {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrency_storm_20_workers_100_agents_2000_emails() {
-    let report = routing::storm(
-        &Embedded(Default::default()),
-        Storm { workers: 20, agents: 100, emails: 2_000, time_limit: Duration::from_secs(240) },
-    )
-    .await;
+    let report = routing::storm(&Embedded(Default::default()), Storm::standard()).await;
     eprintln!(
         "ended {} accepted {} rejected {} ignored {} transfers {}",
         report.ended, report.accepted, report.rejected, report.timed_out_or_ignored, report.transfers

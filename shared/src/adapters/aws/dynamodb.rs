@@ -6,7 +6,7 @@
 //! | fingerprint claim | `FP#<fp>` | `FP` | `raw` |
 //! | message pointer | `MSG#<fp>` | `MSG` | `interaction_id`, `transcript_sk` |
 //! | Message-ID index | `MID#<message-id>` | `INT#<interaction>` | `message_id`, `interaction_id` (also for Outlook's conversation key) |
-//! | interaction | `INT#<id>` | `META` | `data` (JSON), `origin`, `state`, `version` (N) |
+//! | interaction | `INT#<id>` | `META` | `data` (JSON), `origin`, `state`, `version` (N); `gsi1pk`/`gsi1sk` while waiting or held (see `routing.rs`) |
 //! | transcript entry | `INT#<id>` | `MSG#<received_at>#<fp>` | `data` (JSON message), `fp` |
 //!
 //! A message's JSON lives once, on its transcript entry, so a transcript is one `Query`; the
@@ -17,6 +17,10 @@
 //! interaction's first message is written in the same transaction as the interaction, and appends
 //! use optimistic concurrency on `version` with the message pointer's own condition deciding
 //! whether a retried append already happened.
+//!
+//! Routing (`routing.rs`) shares the interaction's META item and its `version`, so an offer and
+//! an append cannot overwrite each other, and [`DynamoIngestStore::meta_item`] is the one writer
+//! of its routing index keys.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -38,9 +42,9 @@ use crate::domain::journal::{JournalEntry, JournalState};
 use crate::domain::threading::ThreadCandidate;
 use crate::ports::{BackendError, BackendResult, FingerprintClaim, IngestStore};
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
-const GSI1: &str = "gsi1";
+pub(super) const GSI1: &str = "gsi1";
 const JOURNAL_GSI_PK: &str = "JOURNAL";
 const NOT_EXISTS: &str = "attribute_not_exists(pk)";
 const CONDITION_FAILED: &str = "ConditionalCheckFailed";
@@ -48,7 +52,7 @@ const CONDITION_FAILED: &str = "ConditionalCheckFailed";
 const RETRYABLE_REASONS: &[&str] = &["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"];
 /// Attempts at a contended transaction. Each round lets at least one writer through, so this
 /// covers a burst of that many concurrent appends to one interaction.
-const MAX_ATTEMPTS: u32 = 16;
+pub(super) const MAX_ATTEMPTS: u32 = 16;
 /// Items are capped at 400 KB; keep the JSON well below, leaving room for keys and attributes.
 const MAX_DATA_BYTES: usize = 380 * 1024;
 /// Parallel `Query` calls for `messages_with_ids` (up to 50 ids).
@@ -73,19 +77,19 @@ enum ItemError {
 }
 
 pub struct DynamoIngestStore {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) client: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn timestamp(t: DateTime<Utc>) -> String {
+pub(super) fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn key(pk: String, sk: impl Into<String>) -> Item {
+pub(super) fn key(pk: String, sk: impl Into<String>) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
@@ -105,7 +109,7 @@ fn message_id_pk(id: &MessageId) -> String {
     format!("MID#{id}")
 }
 
-fn interaction_pk(id: &InteractionId) -> String {
+pub(super) fn interaction_pk(id: &InteractionId) -> String {
     format!("INT#{id}")
 }
 
@@ -131,16 +135,16 @@ fn corrupt(error: ItemError) -> BackendError {
     BackendError::permanent("dynamodb read item", error)
 }
 
-fn decode<T: DeserializeOwned>(item: &Item, attribute: &'static str) -> BackendResult<T> {
+pub(super) fn decode<T: DeserializeOwned>(item: &Item, attribute: &'static str) -> BackendResult<T> {
     let json = text(item, attribute)?;
     serde_json::from_str(json).map_err(|source| corrupt(ItemError::Decode { pk: pk_of(item), attribute, source }))
 }
 
-fn encode<T: Serialize>(value: &T) -> BackendResult<String> {
+pub(super) fn encode<T: Serialize>(value: &T) -> BackendResult<String> {
     serde_json::to_string(value).map_err(|e| BackendError::permanent("dynamodb encode item", e))
 }
 
-fn version_of(item: &Item) -> u64 {
+pub(super) fn version_of(item: &Item) -> u64 {
     match item.get("version") {
         Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
         _ => 0,
@@ -180,23 +184,27 @@ fn message_data(m: &StoredMessage) -> BackendResult<String> {
 }
 
 /// Backoff with jitter before another attempt at a contended write.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     let ceiling = 10u64 << attempt.min(5);
     let jitter = std::collections::hash_map::RandomState::new().build_hasher().finish() % (ceiling / 2 + 1);
     Duration::from_millis(ceiling / 2 + jitter)
 }
 
 /// How a transaction ended when it did not commit.
-struct Cancelled {
+pub(super) struct Cancelled {
     /// One reason code per item, in the order of the items (`None` for an item that was fine).
     codes: Vec<String>,
     /// The SDK error, classified: transient when only conflicts or throttling stopped it.
-    error: BackendError,
+    pub(super) error: BackendError,
 }
 
 impl Cancelled {
     fn condition_failed(&self, index: usize) -> bool {
         self.codes.get(index).is_some_and(|c| c == CONDITION_FAILED)
+    }
+
+    pub(super) fn any_condition_failed(&self) -> bool {
+        self.codes.iter().any(|c| c == CONDITION_FAILED)
     }
 }
 
@@ -209,7 +217,7 @@ impl DynamoIngestStore {
         &self.table
     }
 
-    async fn get(&self, operation: &'static str, key: Item) -> BackendResult<Option<Item>> {
+    pub(super) async fn get(&self, operation: &'static str, key: Item) -> BackendResult<Option<Item>> {
         let output = self
             .client
             .get_item()
@@ -255,7 +263,7 @@ impl DynamoIngestStore {
         }
     }
 
-    async fn read_interaction(&self, id: &InteractionId) -> BackendResult<Option<(Interaction, u64)>> {
+    pub(super) async fn read_interaction(&self, id: &InteractionId) -> BackendResult<Option<(Interaction, u64)>> {
         let Some(item) = self.get("dynamodb get interaction", key(interaction_pk(id), "META")).await? else {
             return Ok(None);
         };
@@ -266,7 +274,7 @@ impl DynamoIngestStore {
         Ok(self.get("dynamodb get message", key(message_pk(fp), "MSG")).await?.is_some())
     }
 
-    async fn transact(
+    pub(super) async fn transact(
         &self,
         operation: &'static str,
         items: Vec<TransactWriteItem>,
@@ -287,7 +295,7 @@ impl DynamoIngestStore {
         Ok(Err(Cancelled { codes, error }))
     }
 
-    fn put(
+    pub(super) fn put(
         &self,
         item: Item,
         condition: Option<(&str, Item, HashMap<String, String>)>,
@@ -303,12 +311,18 @@ impl DynamoIngestStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    fn meta_item(interaction: &Interaction, version: u64) -> BackendResult<Item> {
+    /// The interaction's META item: every write of it (ingest's and routing's) goes through here.
+    /// A `Put` replaces the whole item, so leaving out the index keys removes them from `gsi1`.
+    pub(super) fn meta_item(interaction: &Interaction, version: u64) -> BackendResult<Item> {
         let mut item = key(interaction_pk(&interaction.id), "META");
         item.insert("data".into(), s(encode(interaction)?));
         item.insert("origin".into(), s(interaction.origin.as_str()));
         item.insert("state".into(), s(interaction.state.as_str()));
         item.insert("version".into(), AttributeValue::N(version.to_string()));
+        if let Some((gsi1pk, gsi1sk)) = super::routing::interaction_index(interaction) {
+            item.insert("gsi1pk".into(), s(gsi1pk));
+            item.insert("gsi1sk".into(), s(gsi1sk));
+        }
         Ok(item)
     }
 

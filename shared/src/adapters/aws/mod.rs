@@ -6,6 +6,7 @@
 //! distinction that decides between an SQS retry and a recorded failure.
 
 mod dynamodb;
+pub mod routing;
 mod s3;
 mod sqs;
 

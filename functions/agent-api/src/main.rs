@@ -1,0 +1,58 @@
+//! Lambda `agent-api`: the agent API (`mailroom::api::router`) behind the API Gateway HTTP API of
+//! `template.yaml`, whose JWT authorizer verifies every token (issuer and audience are template
+//! parameters). Wiring only: telemetry, typed settings, SDK clients and the routing service are
+//! built once at INIT, where the agents and queues of `MAILROOM_CONFIG` are also seeded; how the
+//! authorizer's claims reach the router lives in [`gateway`].
+
+mod gateway;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
+use mailroom::adapters::aws::sdk_config;
+use mailroom::api::auth::Authenticator;
+use mailroom::api::{AppState, router};
+use mailroom::config::AppConfig;
+
+/// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
+const CONFIG_VAR: &str = "MAILROOM_CONFIG";
+/// The JWT claim that carries the caller's role (e.g. `custom:role` with Cognito).
+const ROLE_CLAIM_VAR: &str = "MAILROOM_JWT_ROLE_CLAIM";
+const DEFAULT_ROLE_CLAIM: &str = "role";
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    mailroom::telemetry::init(true, "info");
+    let app = match init().await {
+        Ok(app) => app,
+        Err(e) => {
+            // Fails the INIT phase, with the setting named in the message.
+            tracing::error!(error = format!("{e:#}"), "agent-api cannot start");
+            return Err(e.into());
+        }
+    };
+    lambda_http::run(app).await
+}
+
+async fn init() -> anyhow::Result<axum::Router> {
+    let settings = RoutingSettings::from_env().context("reading the function's settings")?;
+    let role_claim = std::env::var(ROLE_CLAIM_VAR)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_ROLE_CLAIM.to_owned());
+    let config = match std::env::var(CONFIG_VAR) {
+        Ok(text) => AppConfig::parse(&text, CONFIG_VAR).with_context(|| format!("reading {CONFIG_VAR}"))?,
+        Err(_) => {
+            tracing::warn!("{CONFIG_VAR} is not set: using the built-in demo configuration");
+            AppConfig::demo()
+        }
+    };
+    let routing = aws_routing_service(&sdk_config().await, &settings);
+    // Existing agents keep their presence; only changed directory entries are written.
+    routing.seed(&config.agents, &config.queues).await.context("seeding agents and queues")?;
+    let state = AppState { routing, auth: Arc::new(Authenticator::Gateway { role_claim }) };
+    // Capabilities with API modules of their own (mailboxes, outbound, CRM) add them here.
+    Ok(gateway::with_verified_claims(router(state, Vec::new())))
+}

@@ -1,0 +1,42 @@
+//! Routing on moto's DynamoDB and SQS: the concurrency storm and the offer order, the same
+//! scenarios as `routing_embedded.rs`. Each test gets its own table and queues.
+
+use std::time::{Duration, Instant};
+
+use mailroom_tests::aws::moto;
+use mailroom_tests::routing::{self, Storm};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_storm_20_workers_100_agents_2000_emails() {
+    let Some(m) = moto().await else { return };
+    let started = Instant::now();
+    // moto is one Python process: agents look at their offers every 0.5-1.5 s instead of every
+    // 10-50 ms (which would only measure moto), with a time-out that leaves them time to answer.
+    let storm = Storm {
+        agent_pause_ms: (500, 1_500),
+        offer_timeout_secs: 5,
+        time_limit: Duration::from_secs(900),
+        ..Storm::standard()
+    };
+    let report = routing::storm(&m, storm).await;
+    eprintln!(
+        "ended {} accepted {} rejected {} ignored {} transfers {} in {:?}",
+        report.ended,
+        report.accepted,
+        report.rejected,
+        report.timed_out_or_ignored,
+        report.transfers,
+        started.elapsed()
+    );
+    assert!(report.violations.is_empty(), "{} violations:\n{}", report.violations.len(), report.violations.join("\n"));
+    assert!(
+        report.rejected > 0 && report.timed_out_or_ignored > 0 && report.transfers > 0,
+        "the storm exercised every path"
+    );
+}
+
+#[tokio::test]
+async fn offers_follow_priority_then_waiting_time() {
+    let Some(m) = moto().await else { return };
+    routing::offers_follow_priority_then_waiting_time(&m).await;
+}
