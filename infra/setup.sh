@@ -3,6 +3,7 @@
 #   $MAILROOM_CACHE/venv             Python venv: moto[server], aws-sam-cli (sam + cfn-lint), aiosmtpd (pins: requirements.txt)
 #   $MAILROOM_CACHE/corpora/<name>/  real mail, one raw message per file (subfolders kept, no other files)
 #   $MAILROOM_CACHE/markers/         "done" markers; a step re-runs when its marker's key changes
+#   Debian packages                  dovecot-core, dovecot-imapd, dovecot-pop3d, openssl (mailbox tests; apt, as root or via sudo)
 # Idempotent; a warm re-run only checks markers and prints counts.
 #
 # Environment:
@@ -65,6 +66,34 @@ setup_venv() {
   "$VENV/bin/sam" --version >/dev/null
   marker_set venv "$key"
   log "venv: ready"
+}
+
+# ---------------------------------------------------------------- mail servers (Debian packages)
+# The mailbox tests run Debian's dovecot on loopback (infra/dovecot.sh) with a test CA made by openssl.
+MAIL_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d openssl)
+setup_mail_packages() {
+  local missing=() p
+  for p in "${MAIL_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [[ ${#missing[@]} -eq 0 ]]; then
+    log "mail servers: installed ($(dovecot --version 2>/dev/null | cut -d' ' -f1))"
+    return
+  fi
+  local sudo=()
+  if [[ $EUID -ne 0 ]]; then
+    command -v sudo >/dev/null || die "mail servers: ${missing[*]} missing; install them as root (apt-get install ${missing[*]})"
+    sudo=(sudo)
+  fi
+  log "mail servers: installing ${missing[*]}"
+  # The package's own service is not started: there is no systemd, and policy-rc.d may refuse it.
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$WORK/apt-mail.log" 2>&1; then
+    log "mail servers: apt-get install failed, running apt-get update once"
+    "${sudo[@]}" apt-get update -q >"$WORK/apt-update.log" 2>&1 || { cat "$WORK/apt-update.log" >&2; die "apt-get update failed"; }
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$WORK/apt-mail.log" 2>&1 ||
+      { cat "$WORK/apt-mail.log" >&2; die "apt-get install ${missing[*]} failed"; }
+  fi
+  log "mail servers: ready ($(dovecot --version | cut -d' ' -f1))"
 }
 
 # ---------------------------------------------------------------- corpora
@@ -188,6 +217,7 @@ corpus_key() {
 # ---------------------------------------------------------------- main
 start=$SECONDS
 setup_venv
+setup_mail_packages
 
 corpus_available() {
   case $1 in

@@ -13,6 +13,7 @@ use crate::domain::agent::Agent;
 use crate::domain::channel::Channel;
 use crate::domain::classify::ClassifierConfig;
 use crate::domain::ids::{ChannelName, EmailAddress, QueueName};
+use crate::domain::mailbox::MailboxSettings;
 use crate::domain::queue::EmailQueue;
 use crate::domain::script::EmailScript;
 
@@ -46,6 +47,9 @@ pub struct AppConfig {
     pub classifier: ClassifierConfig,
     #[serde(default)]
     pub ingest: IngestLimits,
+    /// How channels' IMAP/POP3 mailboxes are polled.
+    #[serde(default)]
+    pub mailbox: MailboxSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +145,7 @@ impl AppConfig {
         if self.ingest.max_message_bytes == 0 {
             return Err(invalid("ingest.max_message_bytes", "must be greater than 0"));
         }
+        self.mailbox.validate().map_err(|e| invalid(e.field, e.problem))?;
         let queues: HashSet<&QueueName> = self.queues.iter().map(|q| &q.name).collect();
         if queues.len() != self.queues.len() {
             return Err(invalid("queues", "queue names must be unique"));
@@ -180,6 +185,9 @@ impl AppConfig {
                     format!("queue {:?} is not defined under [[queues]]", c.default_queue.as_str()),
                 ));
             }
+            if let Some(m) = &c.mailbox {
+                m.validate().map_err(|e| invalid(format!("channels.{}.{}", c.name, e.field), e.problem))?;
+            }
             let script = EmailScript::compile(&c.script)
                 .map_err(|e| invalid(format!("channels.{}.script", c.name), e.to_string()))?;
             for q in script.queues() {
@@ -216,6 +224,27 @@ impl ChannelSet {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let own_addresses = config.channels.iter().map(|c| c.address.clone()).collect();
         Ok(Arc::new(Self { channels, own_addresses }))
+    }
+
+    /// The set of channels as a channel store holds them, in the order given (the first
+    /// enabled one is the fallback). A channel whose script does not compile is an error naming
+    /// it; the channel directory leaves such a channel out instead of failing everyone's mail.
+    pub fn from_channels(channels: Vec<Channel>) -> Result<Arc<Self>, ConfigError> {
+        let own_addresses = channels.iter().map(|c| c.address.clone()).collect();
+        let channels = channels
+            .into_iter()
+            .map(|c| {
+                let script = EmailScript::compile(&c.script)
+                    .map_err(|e| invalid(format!("channels.{}.script", c.name), e.to_string()))?;
+                Ok((c, script))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        Ok(Arc::new(Self { channels, own_addresses }))
+    }
+
+    /// Every channel, in order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.iter().map(|(c, _)| c)
     }
 
     pub fn own_addresses(&self) -> &[EmailAddress] {

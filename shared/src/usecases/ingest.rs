@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, instrument};
 
-use crate::config::{ChannelSet, IngestLimits};
+use crate::config::IngestLimits;
 use crate::domain::email::ParsedEmail;
 use crate::domain::ids::{ChannelName, EmailAddress, Fingerprint, InteractionId};
 use crate::domain::interaction::{Direction, Interaction, InteractionState, STORED_BODY_LIMIT, StoredMessage};
@@ -30,6 +30,7 @@ use crate::domain::threading::{self, ThreadDecision};
 use crate::ports::{
     BackendError, Classifier, Clock, FingerprintClaim, IngestStore, MessageParser, RawMailStore, WorkQueue,
 };
+use crate::usecases::channel_directory::ChannelDirectory;
 
 /// An email as a front door hands it over.
 #[derive(Debug, Clone)]
@@ -103,7 +104,8 @@ pub struct IngestService {
     pub routing: Arc<dyn WorkQueue>,
     pub parser: Arc<dyn MessageParser>,
     pub classifier: Arc<dyn Classifier>,
-    pub channels: Arc<ChannelSet>,
+    /// The channels, from the channel store (refreshed) or fixed from the config file.
+    pub channels: ChannelDirectory,
     pub limits: IngestLimits,
     pub clock: Arc<dyn Clock>,
 }
@@ -147,6 +149,7 @@ impl IngestService {
 
     async fn decide(&self, mut entry: JournalEntry, inbound: &InboundEmail) -> Result<JournalEntry, IngestError> {
         let now = self.clock.now();
+        let channels = self.channels.current().await?;
         let finish = |mut e: JournalEntry, d: Disposition, reason: String| {
             e.state = JournalState::Final;
             e.disposition = Some(d);
@@ -191,14 +194,14 @@ impl IngestService {
             return Ok(finish(entry, Disposition::Duplicate, reason));
         }
 
-        if let Some(verdict) = screening::screen(&parsed, self.channels.own_addresses()) {
+        if let Some(verdict) = screening::screen(&parsed, channels.own_addresses()) {
             return Ok(finish(entry, verdict.disposition, verdict.reason));
         }
 
         let recipients = recipients(&parsed, &inbound.envelope_recipients);
         let channel = match inbound.channel.as_ref() {
-            Some(name) => self.channels.by_name(name),
-            None => recipients.iter().find_map(|r| self.channels.by_address(r)).or_else(|| self.channels.fallback()),
+            Some(name) => channels.by_name(name),
+            None => recipients.iter().find_map(|r| channels.by_address(r)).or_else(|| channels.fallback()),
         };
         let Some((channel, script)) = channel else {
             return Ok(finish(entry, Disposition::Quarantined, "no channel is configured for this recipient".into()));
@@ -224,7 +227,7 @@ impl IngestService {
         entry.sentiment = Some(classification.sentiment);
 
         let decision = self.thread(&parsed, &sender.address).await?;
-        let own = self.channels.own_addresses();
+        let own = channels.own_addresses();
         let others: Vec<EmailAddress> =
             recipients.iter().filter(|a| !own.contains(a) && **a != sender.address).cloned().collect();
         let (body, truncated) = clip(&parsed.text_body, STORED_BODY_LIMIT);
