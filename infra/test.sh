@@ -7,7 +7,8 @@
 # Environment:
 #   MAILROOM_CACHE          cache root shared with infra/setup.sh (default ~/.cache/mailroom)
 #   CARGO_TARGET_DIR        default $MAILROOM_CACHE/target (outside the clone so CI stays warm)
-#   MAILROOM_SERVERS        servers to start, each an infra/<name>.sh with start|stop|env (default: "moto")
+#   MAILROOM_SERVERS        servers to start, each an infra/<name>.sh with start|stop|env
+#                           (default: "moto identity dovecot dataverse smtp_sink graph")
 #   MAILROOM_SKIP_CARGO=1   skip fmt, clippy and the Rust tests (check the setup, servers and template only)
 #   MAILROOM_MOTO_PORT      moto's port (default 45660)
 #
@@ -29,7 +30,7 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export AWS_REGION=${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-read -r -a SERVERS <<<"${MAILROOM_SERVERS:-moto}"
+read -r -a SERVERS <<<"${MAILROOM_SERVERS:-moto identity dovecot dataverse smtp_sink graph}"
 VENV="$MAILROOM_CACHE/venv"
 
 section() { printf '\n==== %s ====\n' "$*"; }

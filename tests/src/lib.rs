@@ -6,6 +6,7 @@ pub mod contract;
 pub mod dataverse;
 pub mod dovecot;
 pub mod fixtures;
+pub mod graph;
 pub mod routing;
 pub mod smtp_sink;
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod json;
 pub mod openapi;
 mod routes;
+pub mod teams;
 
 use std::sync::Arc;
 

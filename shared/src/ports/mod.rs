@@ -4,11 +4,14 @@
 //! to the same behaviour. Errors say whether a retry can help, because that decides between
 //! retrying (SQS `batchItemFailures`, an SMTP 451) and recording a permanent failure.
 
+pub mod channels;
 pub mod crm;
 pub mod identity;
 pub mod mailbox;
 pub mod outbound;
 pub mod routing;
+pub mod secrets;
+pub mod teams;
 
 use std::time::Duration;
 
