@@ -14,7 +14,9 @@ PORT=${MAILROOM_MOTO_PORT:-45660}
 RUN="$MAILROOM_CACHE/run"
 PIDFILE="$RUN/moto-$PORT.pid"
 LOGFILE="$RUN/moto-$PORT.log"
-SERVER="$MAILROOM_CACHE/venv/bin/moto_server"
+PYTHON="$MAILROOM_CACHE/venv/bin/python"
+# moto's own server, with DynamoDB transactions that copy only the items they touch (see the file).
+SERVER="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/emulators/moto_server.py"
 URL="http://127.0.0.1:$PORT"
 
 log() { printf 'moto: %s\n' "$*" >&2; }
@@ -35,14 +37,14 @@ start() {
     log "already running at $URL (pid $(our_pid))"
     return 0
   fi
-  [[ -x $SERVER ]] || { log "no $SERVER: run infra/setup.sh first"; exit 1; }
+  [[ -x $PYTHON ]] || { log "no $PYTHON: run infra/setup.sh first"; exit 1; }
   if answers; then
     log "port $PORT already answers but is not ours (no live pid in $PIDFILE); set MAILROOM_MOTO_PORT"
     exit 1
   fi
   mkdir -p "$RUN"
   # setsid: its own process group, so a Ctrl-C in the caller's terminal leaves stopping to `stop`.
-  setsid "$SERVER" -H 127.0.0.1 -p "$PORT" >"$LOGFILE" 2>&1 </dev/null &
+  setsid "$PYTHON" "$SERVER" -H 127.0.0.1 -p "$PORT" >"$LOGFILE" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   local i
   for ((i = 0; i < 100; i++)); do # ~10 s

@@ -266,7 +266,8 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
         let (svc, stop, holders, ended, violations, counts) =
             (svc.clone(), stop.clone(), holders.clone(), ended.clone(), violations.clone(), counts.clone());
         let (me, capacity, queues) = (agent.id.clone(), agent.capacity, queues.clone());
-        let (pause_min, pause_spread) = (cfg.agent_pause_ms.0, cfg.agent_pause_ms.1.saturating_sub(cfg.agent_pause_ms.0).max(1));
+        let (pause_min, pause_spread) =
+            (cfg.agent_pause_ms.0, cfg.agent_pause_ms.1.saturating_sub(cfg.agent_pause_ms.0).max(1));
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(5000 + n as u64);
             let mut held: Vec<InteractionId> = Vec::new();

@@ -1,7 +1,6 @@
 //! Routing on the embedded backend: the concurrency storm and the offer order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use mailroom::adapters::embedded::{DEFAULT_MAX_RECEIVES, EmbeddedBackend};
