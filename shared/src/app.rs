@@ -35,6 +35,7 @@ pub fn ingest_service(
         channels: ChannelDirectory::fixed(ChannelSet::from_config(config)?),
         limits: config.ingest.clone(),
         clock: Arc::new(SystemClock),
+        handoff_queue: None,
     })
 }
 
@@ -80,6 +81,7 @@ pub fn ingest_service_with_channels(
         channels,
         limits: config.ingest.clone(),
         clock: Arc::new(SystemClock),
+        handoff_queue: None,
     }
 }
 
@@ -141,13 +143,15 @@ pub async fn embedded_mailboxes(config: &AppConfig, backend: &EmbeddedBackend) -
     let channels =
         ChannelDirectory::stored(store.clone(), std::time::Duration::from_secs(config.mailbox.channel_refresh_secs));
     let backend_arc = Arc::new(backend.clone());
-    let ingest = ingest_service_with_channels(
+    let mut ingest = ingest_service_with_channels(
         config,
         backend_arc.clone(),
         backend_arc,
         Arc::new(backend.queue(ROUTING_QUEUE, DEFAULT_MAX_RECEIVES)),
         channels.clone(),
     );
+    // Threaded mail reaches the case of its interaction (the handoff worker of `mailroom serve`).
+    ingest.handoff_queue = Some(Arc::new(backend.queue(crate::usecases::handoff::HANDOFF_QUEUE, DEFAULT_MAX_RECEIVES)));
     let access = mailbox_access(&config.mailbox, secrets.clone(), NetworkPolicy::LOCAL)?;
     let poller = Arc::new(MailboxPoller::new(
         ingest.clone(),

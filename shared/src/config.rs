@@ -50,6 +50,11 @@ pub struct AppConfig {
     /// How channels' IMAP/POP3 mailboxes are polled.
     #[serde(default)]
     pub mailbox: MailboxSettings,
+    /// Outgoing mail: each channel's outgoing server (`[outbound.channels.<name>]`, the internal
+    /// server unless set) and the attachment limits (`[outbound.attachments]`). When absent, the
+    /// `MAILROOM_OUTBOUND` environment variable (same shape) is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<crate::adapters::outbound::OutboundConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +151,9 @@ impl AppConfig {
             return Err(invalid("ingest.max_message_bytes", "must be greater than 0"));
         }
         self.mailbox.validate().map_err(|e| invalid(e.field, e.problem))?;
+        if let Some(outbound) = &self.outbound {
+            self.validate_outbound(outbound)?;
+        }
         let queues: HashSet<&QueueName> = self.queues.iter().map(|q| &q.name).collect();
         if queues.len() != self.queues.len() {
             return Err(invalid("queues", "queue names must be unique"));
@@ -198,6 +206,27 @@ impl AppConfig {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl AppConfig {
+    fn validate_outbound(&self, outbound: &crate::adapters::outbound::OutboundConfig) -> Result<(), ConfigError> {
+        for name in outbound.channels.keys() {
+            if !self.channels.iter().any(|c| &c.name == name) {
+                return Err(invalid(
+                    format!("outbound.channels.{name}"),
+                    "there is no channel with this name under [[channels]]",
+                ));
+            }
+        }
+        let limits = outbound.attachments;
+        if limits.max_count == 0 || limits.max_file_bytes == 0 || limits.max_total_bytes < limits.max_file_bytes {
+            return Err(invalid(
+                "outbound.attachments",
+                "limits must be above 0, and max_total_bytes at least max_file_bytes",
+            ));
         }
         Ok(())
     }
@@ -291,6 +320,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:?}").contains("email address"), "{err:?}");
+    }
+
+    #[test]
+    fn outbound_settings_are_read_and_checked() {
+        let base = "[[channels]]\nname = \"support\"\naddress = \"support@example.com\"\ndefault_queue = \"support\"\n[[queues]]\nname = \"support\"\n";
+        let c = AppConfig::parse(
+            &format!(
+                "{base}[outbound.channels.support]\nagent_accounts = true\nserver = {{ kind = \"smtp\", host = \"smtp.example.com\", port = 587, security = \"starttls\" }}\n"
+            ),
+            "test",
+        )
+        .unwrap();
+        let outbound = c.outbound.expect("the outbound section");
+        let support = &outbound.channels[&ChannelName::parse("support").unwrap()];
+        assert!(support.agent_accounts);
+        assert!(AppConfig::parse(base, "test").unwrap().outbound.is_none());
+        let err =
+            AppConfig::parse(&format!("{base}[outbound.channels.sales]\nagent_accounts = true\n"), "test").unwrap_err();
+        assert!(err.to_string().contains("outbound.channels.sales"), "{err}");
     }
 
     #[test]

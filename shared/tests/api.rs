@@ -205,7 +205,13 @@ async fn an_email_is_offered_to_exactly_one_agent_accepted_transferred_and_ended
         .await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("queue")));
 
-    // Ana ends hers and is available again; the waiting email is offered to her at once.
+    // Wrap-up needs the case's contact (nobody in the Local CRM matches a new sender): Ana creates
+    // it, then ends hers and is available again; the waiting email is offered to her at once.
+    let (status, body) = api.call("POST", &format!("/v1/interactions/{ana_id}/end"), &ana, None).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (409, Some("contact_id")), "{body}");
+    let contact = json!({ "first_name": "Alice", "last_name": "Moreau" });
+    let (status, body) = api.call("POST", &format!("/v1/interactions/{ana_id}/contact/new"), &ana, Some(contact)).await;
+    assert_eq!(status, 201, "{body}");
     let (status, body) = api.call("POST", &format!("/v1/interactions/{ana_id}/end"), &ana, None).await;
     assert_eq!((status, body["state"].as_str()), (200, Some("ended")), "{body}");
     let next = api.offers(&ana, 1).await;

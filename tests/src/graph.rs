@@ -271,7 +271,7 @@ pub async fn teams_api_with(
     let secret: Arc<Vec<u8>> = Arc::new(b"0123456789abcdef0123456789abcdef-teams-tests".to_vec());
     let auth = Arc::new(Authenticator::local(&secret));
     let router = mailroom::api::router(
-        AppState { routing: routing.clone(), auth: auth.clone() },
+        AppState { routing: routing.clone(), auth: auth.clone(), handoff: None },
         vec![mailroom::api::teams::module(teams.clone(), auth)],
     );
     let server = tokio::spawn(async move {

@@ -73,7 +73,11 @@ mod tests {
         };
         let config = AppConfig::demo();
         routing.seed(&config.agents, &config.queues).await.unwrap();
-        let state = AppState { routing, auth: Arc::new(Authenticator::Gateway { role_claim: role_claim.into() }) };
+        let state = AppState {
+            routing,
+            auth: Arc::new(Authenticator::Gateway { role_claim: role_claim.into() }),
+            handoff: None,
+        };
         Setup { app: with_verified_claims(router(state, Vec::new())), work }
     }
 

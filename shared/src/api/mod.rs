@@ -3,8 +3,11 @@
 //! Versioned under `/v1`, JSON in and out, described by `/v1/openapi.json`.
 
 pub mod auth;
+pub mod channels;
+pub mod crm;
 pub mod error;
 pub mod json;
+pub mod mail;
 pub mod openapi;
 mod routes;
 pub mod teams;
@@ -21,6 +24,9 @@ use crate::usecases::routing::RoutingService;
 pub struct AppState {
     pub routing: RoutingService,
     pub auth: Arc<auth::Authenticator>,
+    /// The CRM handoff, where this deployment has one: `accept` then answers with the screen pop
+    /// and `end` refuses while the case still needs its contact.
+    pub handoff: Option<Arc<crate::usecases::handoff::HandoffService>>,
 }
 
 /// A capability's part of the API (mailbox administration, outbound mail, CRM, Teams...): its

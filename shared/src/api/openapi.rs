@@ -2,13 +2,17 @@
 
 use serde_json::{Value, json};
 
-fn id_param() -> Value {
+// Building blocks for the core document and the modules' paths, so every part describes its
+// parameters, bodies and errors the same way.
+
+pub(crate) fn id_param() -> Value {
     json!({ "name": "interaction_id", "in": "path", "required": true,
             "schema": { "type": "string", "pattern": "^[0-9A-Za-z]{12}$" },
             "description": "The interaction, as in the [MR-...] token of its subject." })
 }
 
-fn ok(schema: &str, description: &str) -> Value {
+/// A 200 with `schema`, and the error answers every route can give.
+pub(crate) fn ok(schema: &str, description: &str) -> Value {
     json!({ "200": { "description": description,
                      "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } },
             "400": { "$ref": "#/components/responses/BadRequest" },
@@ -18,8 +22,17 @@ fn ok(schema: &str, description: &str) -> Value {
             "409": { "$ref": "#/components/responses/Conflict" } })
 }
 
-fn body(schema: &str) -> Value {
+/// A required JSON request body of `schema`.
+pub(crate) fn json_body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+pub(crate) fn path_param(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" }, "description": description })
+}
+
+pub(crate) fn query_param(name: &str, schema: Value, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": description })
 }
 
 /// The document with every module's paths and schemas merged in.
@@ -76,7 +89,7 @@ pub fn document() -> Value {
                 "get": { "summary": "The caller's presence", "responses": ok("Presence", "Presence") },
                 "put": { "summary": "Set presence: available, busy or working_offline",
                          "description": "Refused with 409 while an offer is pending. Becoming available starts offers.",
-                         "requestBody": body("SetPresence"), "responses": ok("Presence", "The new presence") }
+                         "requestBody": json_body("SetPresence"), "responses": ok("Presence", "The new presence") }
             },
             "/v1/me/offers": { "get": { "summary": "Pending offers, with what the notification shows", "responses": ok("Offers", "Offers") } },
             "/v1/me/offers/{interaction_id}/accept": { "post": { "summary": "Accept an offer: the interaction is yours and you become busy at capacity",
@@ -89,7 +102,7 @@ pub fn document() -> Value {
             "/v1/interactions/{interaction_id}/end": { "post": { "summary": "End (wrap up) an interaction; you are free for the next one",
                 "parameters": [id_param()], "responses": ok("Interaction", "The ended interaction") } },
             "/v1/interactions/{interaction_id}/transfer": { "post": { "summary": "Transfer to exactly one other queue; you are freed",
-                "parameters": [id_param()], "requestBody": body("Transfer"), "responses": ok("Interaction", "The interaction, waiting in its new queue") } },
+                "parameters": [id_param()], "requestBody": json_body("Transfer"), "responses": ok("Interaction", "The interaction, waiting in its new queue") } },
             "/v1/queues": { "get": { "summary": "Queues with waiting counts and oldest wait (supervisor, admin)", "responses": ok("Queues", "Queues") } },
             "/v1/agents": { "get": { "summary": "Agents with presence (supervisor, admin)", "responses": ok("Agents", "Agents") } }
         },

@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::json::ValidJson;
 use crate::domain::ids::{InteractionId, QueueName};
 use crate::domain::presence::ChosenPresence;
+use crate::usecases::handoff::HandoffError;
 
 fn interaction_id(raw: &str) -> Result<InteractionId, ApiError> {
     InteractionId::parse(raw).map_err(|e| ApiError::field("interaction_id", e.to_string()))
@@ -61,7 +62,19 @@ pub async fn accept(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.routing.accept(&caller.id, &interaction_id(&id)?).await?)))
+    let id = interaction_id(&id)?;
+    let mut body = json!(s.routing.accept(&caller.id, &id).await?);
+    if let Some(handoff) = &s.handoff {
+        // The accept has happened: a CRM problem is shown in the screen pop, never a failed accept.
+        body["screen_pop"] = match handoff.screen_pop(&id).await {
+            Ok(pop) => json!(pop),
+            Err(e) => {
+                tracing::warn!(interaction_id = %id, error = %crate::usecases::handoff::error_text(&e), "no screen pop on accept");
+                json!({ "error": super::crm::screen_pop_problem(e) })
+            }
+        };
+    }
+    Ok(Json(body))
 }
 
 pub async fn reject(
@@ -105,7 +118,20 @@ pub async fn interaction(
 }
 
 pub async fn end(State(s): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.routing.end(&caller.id, &interaction_id(&id)?).await?)))
+    let id = interaction_id(&id)?;
+    if let Some(handoff) = &s.handoff {
+        match handoff.check_wrap_up(&id).await {
+            Ok(_) => {}
+            // Only the agent holding it hears about its case; anyone else gets routing's refusal.
+            Err(e @ HandoffError::ContactRequired { .. }) => {
+                if super::crm::holds(handoff, &caller, &id).await? {
+                    return Err(e.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(json!(s.routing.end(&caller.id, &id).await?)))
 }
 
 #[derive(Deserialize)]

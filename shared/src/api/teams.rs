@@ -22,6 +22,8 @@ use super::ApiModule;
 use super::auth::{Authenticator, Caller};
 use super::error::ApiError;
 use super::json::ValidJson;
+use super::openapi::ok as openapi_ok;
+use super::openapi::{json_body, path_param, query_param};
 use crate::adapters::graph::aadsts_code;
 use crate::adapters::graph::notifications::{parse_notifications, validation_response};
 use crate::domain::ids::{AgentId, EmailAddress};
@@ -555,28 +557,6 @@ async fn webhook(State(s): State<TeamsApiState>, Query(p): Query<WebhookParams>,
 
 // ------------------------------------------------------------------ OpenAPI
 
-fn r(schema: &str, description: &str) -> Value {
-    json!({ "200": { "description": description,
-                     "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } },
-            "400": { "$ref": "#/components/responses/BadRequest" },
-            "401": { "$ref": "#/components/responses/Unauthorized" },
-            "403": { "$ref": "#/components/responses/Forbidden" },
-            "404": { "$ref": "#/components/responses/NotFound" },
-            "409": { "$ref": "#/components/responses/Conflict" } })
-}
-
-fn path_param(name: &str, description: &str) -> Value {
-    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" }, "description": description })
-}
-
-fn query_param(name: &str, schema: Value, description: &str) -> Value {
-    json!({ "name": name, "in": "query", "required": false, "schema": schema, "description": description })
-}
-
-fn json_body(schema: &str) -> Value {
-    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
-}
-
 const POLLING: &str = "Agents receive new messages, edits, deletions and reactions by polling: pass the \
     `next_after` of the previous answer as `after`; `wait` (up to 25 s) holds the request open until something \
     changes (long polling). There is no push channel. Edits and deletions change an entry in place and show their \
@@ -624,37 +604,37 @@ fn openapi_paths() -> Value {
                 query_param("limit", json!({ "type": "integer", "minimum": 1, "maximum": 200 }), "Page size (default 50)."),
                 query_param("offset", json!({ "type": "integer", "minimum": 0 }), "Skip this many (default 0)."),
             ],
-            "responses": r("ContactPage", "A page of contacts") } },
+            "responses": openapi_ok("ContactPage", "A page of contacts") } },
         "/v1/contacts/{contact_id}": { "get": { "summary": "One contact with presence",
-            "parameters": [path_param("contact_id", "The contact's id.")], "responses": r("Contact", "The contact") } },
+            "parameters": [path_param("contact_id", "The contact's id.")], "responses": openapi_ok("Contact", "The contact") } },
         "/v1/contacts/sync": { "post": { "summary": "Import every Teams user from Microsoft Graph now (admin; also runs on a schedule)",
-            "responses": r("SyncReport", "What the sync stored") } },
+            "responses": openapi_ok("SyncReport", "What the sync stored") } },
         "/v1/contacts/other-directory": { "put": { "summary": "Replace the other directory with a file (admin)",
             "description": "CSV (`text/csv`): a header row naming the columns id, name (required), email, job_title, department, phone, presence; RFC 4180 quoting. Rows with a problem are skipped and reported with their line. Or JSON: `{\"people\": [{\"id\", \"name\", ...}]}`.",
             "requestBody": { "required": true, "content": { "text/csv": { "schema": { "type": "string" } },
                 "application/json": { "schema": { "$ref": "#/components/schemas/DirectoryFile" } } } },
-            "responses": r("ImportReport", "What was imported") } },
+            "responses": openapi_ok("ImportReport", "What was imported") } },
         "/v1/me/teams": { "get": { "summary": "The caller's Teams account connection",
             "description": "`status`: not_connected, pending, connected, sign_in_failed (sign in again), no_teams_license (contact your admin), wrong_account; `action` says what to do.",
-            "responses": r("TeamsConnection", "The connection") } },
+            "responses": openapi_ok("TeamsConnection", "The connection") } },
         "/v1/me/teams/connect": { "post": { "summary": "Connect (or reconnect) the caller's Microsoft Teams account",
             "description": "Starts Microsoft's sign-in (authorization code with PKCE): open `authorize_url` in the browser within 10 minutes. Microsoft sends the browser back to /v1/teams/oauth/callback, which finishes the connection.",
-            "responses": r("SignInStart", "Where to sign in") } },
+            "responses": openapi_ok("SignInStart", "Where to sign in") } },
         "/v1/teams/oauth/callback": { "get": { "summary": "Microsoft's redirect after sign-in (the browser's; no bearer token)",
             "security": [],
             "parameters": [query_param("state", json!({ "type": "string" }), "The one-time sign-in state."),
                            query_param("code", json!({ "type": "string" }), "The authorization code."),
                            query_param("error", json!({ "type": "string" }), "Microsoft's error, when sign-in failed."),
                            query_param("error_description", json!({ "type": "string" }), "Its description.")],
-            "responses": r("TeamsConnection", "The connection after the sign-in") } },
+            "responses": openapi_ok("TeamsConnection", "The connection after the sign-in") } },
         "/v1/agents/{agent_id}/teams": {
             "get": { "summary": "An agent's Teams connection (the agent, a supervisor or an admin)",
-                     "parameters": [path_param("agent_id", "The agent.")], "responses": r("TeamsConnection", "The connection") },
+                     "parameters": [path_param("agent_id", "The agent.")], "responses": openapi_ok("TeamsConnection", "The connection") },
             "delete": { "summary": "Disconnect an agent's Teams account (admin only)",
                      "description": "Deletes the agent's chat subscriptions and stored tokens; chats stay readable.",
-                     "parameters": [path_param("agent_id", "The agent.")], "responses": r("TeamsConnection", "The connection, now not_connected") } },
+                     "parameters": [path_param("agent_id", "The agent.")], "responses": openapi_ok("TeamsConnection", "The connection, now not_connected") } },
         "/v1/teams/chats": {
-            "get": { "summary": "The caller's Teams chats, most recent activity first", "responses": r("Chats", "Chats") },
+            "get": { "summary": "The caller's Teams chats, most recent activity first", "responses": openapi_ok("Chats", "Chats") },
             "post": { "summary": "Start a chat with a Teams user (or the Teams identity of a contact)",
                       "description": "Give one of contact_id, teams_user_id or email. One chat per Teams user (starting again returns it, 200). The agent writes first: until the first message is sent, nothing reaches Teams and the Teams user cannot answer (state awaiting_first_message).",
                       "requestBody": json_body("StartChat"),
@@ -665,10 +645,10 @@ fn openapi_paths() -> Value {
         "/v1/teams/chats/{chat_id}": { "get": { "summary": "A chat with its newest messages (oldest first)",
             "description": POLLING,
             "parameters": [chat(), query_param("limit", json!({ "type": "integer", "minimum": 1, "maximum": 500 }), "At most this many messages (default 100).")],
-            "responses": r("ChatWithMessages", "The chat") } },
+            "responses": openapi_ok("ChatWithMessages", "The chat") } },
         "/v1/teams/chats/{chat_id}/messages": {
             "get": { "summary": "New and changed messages of one chat (polling)", "description": POLLING,
-                     "parameters": chat_and_after, "responses": r("Messages", "Changes in seq order") },
+                     "parameters": chat_and_after, "responses": openapi_ok("Messages", "Changes in seq order") },
             "post": { "summary": "Send a message (plain text) as the caller's Teams account",
                       "description": "The first message creates the Teams chat (or finds the existing one) and subscribes to it. No read receipts: delivery is confirmed, reading is not.",
                       "parameters": [chat()], "requestBody": json_body("SendMessage"),
@@ -676,11 +656,11 @@ fn openapi_paths() -> Value {
                                      "400": { "$ref": "#/components/responses/BadRequest" }, "401": { "$ref": "#/components/responses/Unauthorized" },
                                      "404": { "$ref": "#/components/responses/NotFound" }, "409": { "$ref": "#/components/responses/Conflict" } } } },
         "/v1/teams/chats/{chat_id}/resync": { "post": { "summary": "Re-read the chat from Teams now (after downtime)",
-            "parameters": [chat()], "responses": r("Resync", "How many messages changed") } },
+            "parameters": [chat()], "responses": openapi_ok("Resync", "How many messages changed") } },
         "/v1/teams/updates": { "get": { "summary": "New and changed messages of all the caller's chats (polling)", "description": POLLING,
-            "parameters": after(), "responses": r("Messages", "Changes in seq order") } },
+            "parameters": after(), "responses": openapi_ok("Messages", "Changes in seq order") } },
         "/v1/teams/subscriptions/renew": { "post": { "summary": "Renew chat subscriptions that expire within a day now (admin; also runs on a schedule)",
-            "responses": r("RenewReport", "What was renewed") } },
+            "responses": openapi_ok("RenewReport", "What was renewed") } },
         "/v1/teams/notifications": webhook("change notifications"),
         "/v1/teams/lifecycle": webhook("lifecycle notifications"),
     })

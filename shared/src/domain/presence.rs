@@ -245,7 +245,8 @@ pub fn expire(
 
 fn free_agent(agent: &Agent, state: &mut AgentState, now: DateTime<Utc>) {
     state.active = state.active.saturating_sub(1);
-    if state.presence == Presence::Busy {
+    // Still at capacity (e.g. a new email they started on top of an accepted one): stay busy.
+    if state.presence == Presence::Busy && state.active < agent.capacity {
         state.set(Presence::Available, now);
     }
     if state.active < agent.capacity {

@@ -108,6 +108,9 @@ pub struct IngestService {
     pub channels: ChannelDirectory,
     pub limits: IngestLimits,
     pub clock: Arc<dyn Clock>,
+    /// The CRM handoff queue, where the handoff runs: every message threaded into an existing
+    /// interaction is announced there (`handoff::notify_message`), so its case gets the email too.
+    pub handoff_queue: Option<Arc<dyn WorkQueue>>,
 }
 
 /// At most this many referenced ids are looked up: enough for any real thread, and a bound on the
@@ -217,6 +220,9 @@ impl IngestService {
             let interaction = self.store.interaction(&stored.interaction_id).await?;
             if let Some(interaction) = interaction {
                 self.request_routing_if_waiting(&interaction).await?;
+                if stored.disposition == Disposition::Threaded {
+                    self.notify_handoff(&stored).await?;
+                }
                 fill_routing(&mut entry, &interaction, &stored);
                 return Ok(finish(entry, stored.disposition, stored.reason.clone()));
             }
@@ -306,8 +312,22 @@ impl IngestService {
         };
 
         self.request_routing_if_waiting(&interaction).await?;
+        if message.disposition == Disposition::Threaded {
+            self.notify_handoff(&message).await?;
+        }
         fill_routing(&mut entry, &interaction, &message);
         Ok(finish(entry, message.disposition, message.reason))
+    }
+
+    /// Tells the handoff about a message threaded into an existing interaction (it is dropped
+    /// there until the interaction has a case). Sent before the journal entry is final, so a crash
+    /// in between sends it again on the retry; the handoff records each message once.
+    async fn notify_handoff(&self, message: &StoredMessage) -> Result<(), IngestError> {
+        if let Some(queue) = &self.handoff_queue {
+            crate::usecases::handoff::notify_message(queue.as_ref(), &message.interaction_id, &message.fingerprint)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn thread(&self, parsed: &ParsedEmail, sender: &EmailAddress) -> Result<ThreadDecision, IngestError> {

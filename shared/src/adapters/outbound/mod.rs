@@ -6,6 +6,7 @@ pub mod dynamodb;
 pub mod embedded;
 pub mod memory;
 pub mod mime;
+pub mod outbox;
 pub mod ses;
 pub mod smtp;
 
