@@ -13,7 +13,8 @@ use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
 use mailroom::adapters::aws::sdk_config;
 use mailroom::api::auth::Authenticator;
 use mailroom::api::{AppState, router};
-use mailroom::config::AppConfig;
+use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
+use mailroom::config::{AppConfig, ConfigError};
 
 /// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
 const CONFIG_VAR: &str = "MAILROOM_CONFIG";
@@ -49,10 +50,38 @@ async fn init() -> anyhow::Result<axum::Router> {
             AppConfig::demo()
         }
     };
-    let routing = aws_routing_service(&sdk_config().await, &settings);
+    let sdk = sdk_config().await;
+    let routing = aws_routing_service(&sdk, &settings);
     // Existing agents keep their presence; only changed directory entries are written.
     routing.seed(&config.agents, &config.queues).await.context("seeding agents and queues")?;
-    let state = AppState { routing, auth: Arc::new(Authenticator::Gateway { role_claim }) };
-    // Capabilities with API modules of their own (mailboxes, outbound, CRM) add them here.
-    Ok(gateway::with_verified_claims(router(state, Vec::new())))
+    let auth = Arc::new(Authenticator::Gateway { role_claim });
+    let mut modules = Vec::new();
+    // The CRM part (screen pop on accept, contacts, cases, AI handoff, Dynamics settings), when the
+    // stack gives the function the handoff queue.
+    let handoff = match handoff_settings()? {
+        Some(handoff_settings) => {
+            let handoff = Arc::new(aws_handoff_service(&sdk, &handoff_settings));
+            modules.push(mailroom::api::crm::module(handoff.clone(), None, auth.clone()));
+            Some(handoff)
+        }
+        None => None,
+    };
+    let state = AppState { routing, auth, handoff };
+    // Mailbox administration, outbound mail and Teams run in `mailroom serve`; their AWS wiring is
+    // still to come (see the issues).
+    Ok(gateway::with_verified_claims(router(state, modules)))
+}
+
+/// The handoff settings, when `MAILROOM_HANDOFF_QUEUE_URL` is set (then the rest are required).
+fn handoff_settings() -> anyhow::Result<Option<AwsHandoffSettings>> {
+    let get = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let Some(queue_url) = get("MAILROOM_HANDOFF_QUEUE_URL") else { return Ok(None) };
+    let required = |name: &'static str| get(name).ok_or(ConfigError::MissingEnv { name });
+    Ok(Some(AwsHandoffSettings {
+        table: required("MAILROOM_TABLE")?,
+        raw_bucket: required("MAILROOM_RAW_BUCKET")?,
+        queue_url,
+        dead_letter_url: required("MAILROOM_HANDOFF_DLQ_URL")?,
+        secrets_prefix: required("MAILROOM_SECRETS_PREFIX")?,
+    }))
 }

@@ -46,8 +46,9 @@ async fn init() -> anyhow::Result<Handler> {
         }
     };
     let backend = AwsBackend::connect(&settings).await;
-    let ingest = ingest_service(&config, backend.raw.clone(), backend.store.clone(), backend.routing.clone())
+    let mut ingest = ingest_service(&config, backend.raw.clone(), backend.store.clone(), backend.routing.clone())
         .with_context(|| format!("reading {CONFIG_VAR}"))?;
+    ingest.handoff_queue = mailroom::adapters::aws::handoff_queue_from_env().await;
     Ok(Handler {
         ingest,
         objects: backend.raw,

@@ -75,13 +75,14 @@ async fn init() -> anyhow::Result<Handler<MailboxPoller>> {
 
     let directory =
         ChannelDirectory::stored(channels.clone(), Duration::from_secs(config.mailbox.channel_refresh_secs));
-    let ingest = ingest_service_with_channels(
+    let mut ingest = ingest_service_with_channels(
         &config,
         backend.raw.clone(),
         backend.store.clone(),
         backend.routing.clone(),
         directory.clone(),
     );
+    ingest.handoff_queue = mailroom::adapters::aws::handoff_queue_from_env().await;
     // The cloud: public addresses and Microsoft's authorities only, unless [mailbox] allows more.
     let access = mailbox_access(&config.mailbox, secrets, NetworkPolicy::CLOUD).context("reading [mailbox]")?;
     let poller = MailboxPoller::new(

@@ -79,6 +79,13 @@ pub fn s3_client(config: &SdkConfig, force_path_style: bool) -> aws_sdk_s3::Clie
     aws_sdk_s3::Client::from_conf(s3)
 }
 
+/// The handoff queue named by `MAILROOM_HANDOFF_QUEUE_URL`, when the stack gives one: ingest tells
+/// the handoff about each message threaded into an interaction, so its case gets the email too.
+pub async fn handoff_queue_from_env() -> Option<Arc<dyn crate::ports::WorkQueue>> {
+    let url = std::env::var("MAILROOM_HANDOFF_QUEUE_URL").ok().filter(|v| !v.trim().is_empty())?;
+    Some(Arc::new(SqsWorkQueue::new(aws_sdk_sqs::Client::new(&sdk_config().await), url.trim())))
+}
+
 /// The three adapters ingest needs, on one set of SDK clients.
 #[derive(Clone)]
 pub struct AwsBackend {
