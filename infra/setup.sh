@@ -3,7 +3,7 @@
 #   $MAILROOM_CACHE/venv             Python venv: moto[server], aws-sam-cli (sam + cfn-lint), aiosmtpd (pins: requirements.txt)
 #   $MAILROOM_CACHE/corpora/<name>/  real mail, one raw message per file (subfolders kept, no other files)
 #   $MAILROOM_CACHE/markers/         "done" markers; a step re-runs when its marker's key changes
-#   Debian packages                  dovecot-core, dovecot-imapd, dovecot-pop3d, openssl (mailbox tests; apt, as root or via sudo)
+#   Debian packages                  dovecot-core, dovecot-imapd, dovecot-pop3d, openssl, jq (mailbox tests, walkthroughs; apt)
 # Idempotent; a warm re-run only checks markers and prints counts.
 #
 # Environment:
@@ -69,8 +69,9 @@ setup_venv() {
 }
 
 # ---------------------------------------------------------------- mail servers (Debian packages)
-# The mailbox tests run Debian's dovecot on loopback (infra/dovecot.sh) with a test CA made by openssl.
-MAIL_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d openssl)
+# The mailbox tests run Debian's dovecot on loopback (infra/dovecot.sh) with a test CA made by openssl;
+# the README walkthroughs (tests/walkthroughs) read JSON answers with jq.
+MAIL_PACKAGES=(dovecot-core dovecot-imapd dovecot-pop3d openssl jq)
 setup_mail_packages() {
   local missing=() p
   for p in "${MAIL_PACKAGES[@]}"; do

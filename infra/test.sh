@@ -95,6 +95,16 @@ if [[ ${MAILROOM_SKIP_CARGO:-0} != 1 ]]; then
   else
     step "cargo test" run_logged cargo test --workspace --locked --no-fail-fast
   fi
+  # The README's walkthroughs, with curl against `mailroom serve` (built by the tests above) and the
+  # servers they need.
+  walkthrough() { # name server
+    if [[ " ${SERVERS[*]} " == *" $2 "* ]]; then
+      step "walkthrough: $1" bash "tests/walkthroughs/$1.sh"
+    fi
+  }
+  walkthrough outbound smtp_sink
+  walkthrough crm dataverse
+  walkthrough teams graph
 else
   section "cargo steps skipped (MAILROOM_SKIP_CARGO=1)"
 fi
