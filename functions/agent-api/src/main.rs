@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
 use mailroom::adapters::aws::sdk_config;
+use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
 use mailroom::api::auth::Authenticator;
 use mailroom::api::{AppState, router};
-use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
 use mailroom::config::{AppConfig, ConfigError};
 
 /// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
