@@ -12,6 +12,7 @@ use anyhow::Context;
 use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
 use mailroom::adapters::aws::sdk_config;
 use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
+use mailroom::adapters::graph::{GraphConfig, aws_teams};
 use mailroom::api::auth::Authenticator;
 use mailroom::api::{AppState, router};
 use mailroom::config::{AppConfig, ConfigError};
@@ -66,9 +67,17 @@ async fn init() -> anyhow::Result<axum::Router> {
         }
         None => None,
     };
+    // Teams chat (contacts, connecting accounts, chats), when the stack names a tenant. The Graph
+    // webhook routes are served by functions/teams-webhook, which API Gateway matches first.
+    if let Some(graph) = GraphConfig::from_env()? {
+        let table = std::env::var("MAILROOM_TABLE").context("MAILROOM_TABLE")?;
+        let prefix = std::env::var("MAILROOM_SECRETS_PREFIX").context("MAILROOM_SECRETS_PREFIX")?;
+        let teams = aws_teams(&sdk, &table, &prefix, &graph).await.context("building the Teams service")?;
+        modules.push(mailroom::api::teams::module(teams, auth.clone()));
+    }
     let state = AppState { routing, auth, handoff };
-    // Mailbox administration, outbound mail and Teams run in `mailroom serve`; their AWS wiring is
-    // still to come (see the issues).
+    // Mailbox administration and outbound mail run in `mailroom serve`; their AWS wiring is still
+    // to come (see the issues).
     Ok(gateway::with_verified_claims(router(state, modules)))
 }
 
