@@ -7,15 +7,23 @@
 mod gateway;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
 use mailroom::adapters::aws::sdk_config;
+use mailroom::adapters::channels::DynamoChannelStore;
 use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
 use mailroom::adapters::graph::{GraphConfig, aws_teams};
+use mailroom::adapters::secrets::SecretsManagerStore;
 use mailroom::api::auth::Authenticator;
 use mailroom::api::{AppState, router};
+use mailroom::app::mailbox_access;
 use mailroom::config::{AppConfig, ConfigError};
+use mailroom::domain::mailbox::NetworkPolicy;
+use mailroom::ports::SystemClock;
+use mailroom::usecases::channel_admin::ChannelAdmin;
+use mailroom::usecases::channel_directory::ChannelDirectory;
 
 /// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
 const CONFIG_VAR: &str = "MAILROOM_CONFIG";
@@ -75,9 +83,26 @@ async fn init() -> anyhow::Result<axum::Router> {
         let teams = aws_teams(&sdk, &table, &prefix, &graph).await.context("building the Teams service")?;
         modules.push(mailroom::api::teams::module(teams, auth.clone()));
     }
+    // Channel administration: the same channel store and secrets the poller reads, and "test
+    // connection" under the cloud's network policy (no link-local, metadata or private addresses
+    // unless `[mailbox]` allows them).
+    let secrets_prefix = std::env::var("MAILROOM_SECRETS_PREFIX").context("MAILROOM_SECRETS_PREFIX")?;
+    let channels = Arc::new(DynamoChannelStore::from_sdk_config(&sdk, &settings.table));
+    let secrets = Arc::new(SecretsManagerStore::from_sdk_config(&sdk, &secrets_prefix));
+    let access = mailbox_access(&config.mailbox, secrets.clone(), NetworkPolicy::CLOUD).context("reading [mailbox]")?;
+    let admin = Arc::new(ChannelAdmin {
+        store: channels.clone(),
+        secrets,
+        state: channels.clone(),
+        directory: ChannelDirectory::stored(channels, Duration::from_secs(config.mailbox.channel_refresh_secs)),
+        access,
+        queues: config.queues.iter().map(|q| q.name.clone()).collect(),
+        clock: Arc::new(SystemClock),
+    });
+    modules.push(mailroom::api::channels::module(admin, auth.clone()));
     let state = AppState { routing, auth, handoff };
-    // Mailbox administration and outbound mail run in `mailroom serve`; their AWS wiring is still
-    // to come (see the issues).
+    // The mail routes (reply, forward, new email, profiles) run in `mailroom serve`; their AWS
+    // wiring is still to come (see issue 5).
     Ok(gateway::with_verified_claims(router(state, modules)))
 }
 
