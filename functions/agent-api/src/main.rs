@@ -11,22 +11,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mailroom::adapters::aws::routing::{RoutingSettings, aws_routing_service};
-use mailroom::adapters::aws::sdk_config;
+use mailroom::adapters::aws::{SdkConfig, endpoint_overridden, sdk_config};
 use mailroom::adapters::channels::DynamoChannelStore;
 use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
 use mailroom::adapters::graph::{GraphConfig, aws_teams};
+use mailroom::adapters::outbound::{AwsSendParts, OutboundConfig, SendSettings, SmtpSender, StaticChannels};
 use mailroom::adapters::secrets::SecretsManagerStore;
 use mailroom::api::auth::Authenticator;
-use mailroom::api::{AppState, router};
+use mailroom::api::{ApiModule, AppState, router};
 use mailroom::app::mailbox_access;
 use mailroom::config::{AppConfig, ConfigError};
 use mailroom::domain::mailbox::NetworkPolicy;
 use mailroom::ports::SystemClock;
 use mailroom::usecases::channel_admin::ChannelAdmin;
 use mailroom::usecases::channel_directory::ChannelDirectory;
+use mailroom::usecases::routing::RoutingService;
 
 /// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
 const CONFIG_VAR: &str = "MAILROOM_CONFIG";
+/// Outgoing servers per channel (JSON), when the configuration has no `[outbound]` section.
+const OUTBOUND_VAR: &str = "MAILROOM_OUTBOUND";
 /// The JWT claim that carries the caller's role (e.g. `custom:role` with Cognito).
 const ROLE_CLAIM_VAR: &str = "MAILROOM_JWT_ROLE_CLAIM";
 const DEFAULT_ROLE_CLAIM: &str = "role";
@@ -100,9 +104,10 @@ async fn init() -> anyhow::Result<axum::Router> {
         clock: Arc::new(SystemClock),
     });
     modules.push(mailroom::api::channels::module(admin, auth.clone()));
+    // Mail: replies, forwards, new emails, follow-ups and profiles, composed here and sent by
+    // functions/send-mail from the SendQueue.
+    modules.push(mail_module(&sdk, &config, routing.clone(), auth.clone())?);
     let state = AppState { routing, auth, handoff };
-    // The mail routes (reply, forward, new email, profiles) run in `mailroom serve`; their AWS
-    // wiring is still to come (see issue 5).
     Ok(gateway::with_verified_claims(router(state, modules)))
 }
 
@@ -118,4 +123,26 @@ fn handoff_settings() -> anyhow::Result<Option<AwsHandoffSettings>> {
         dead_letter_url: required("MAILROOM_HANDOFF_DLQ_URL")?,
         secrets_prefix: required("MAILROOM_SECRETS_PREFIX")?,
     }))
+}
+
+/// The mail routes on AWS: the same records, queue and accounts as functions/send-mail.
+fn mail_module(
+    sdk: &SdkConfig,
+    config: &AppConfig,
+    routing: RoutingService,
+    auth: Arc<Authenticator>,
+) -> anyhow::Result<ApiModule> {
+    let settings = SendSettings::from_env().context("reading the mail settings")?;
+    let outbound = match (&config.outbound, std::env::var(OUTBOUND_VAR)) {
+        (Some(c), _) => c.clone(),
+        (None, Ok(text)) if !text.trim().is_empty() => {
+            OutboundConfig::parse(&text, OUTBOUND_VAR).with_context(|| format!("reading {OUTBOUND_VAR}"))?
+        }
+        _ => OutboundConfig::default(),
+    };
+    let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
+    let parts = AwsSendParts::from_sdk_config(sdk, &settings, smtp, endpoint_overridden());
+    let channels = StaticChannels::new(&config.channels, &outbound.channels);
+    let (compose, profiles) = parts.api_services(sdk, &settings.table, channels, outbound.attachments);
+    Ok(mailroom::api::mail::module(Arc::new(compose), Arc::new(profiles), routing, auth))
 }

@@ -12,9 +12,11 @@ mod sqs;
 
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+
+pub use aws_config::SdkConfig;
 
 pub use self::dynamodb::DynamoIngestStore;
 pub use self::s3::S3RawStore;

@@ -213,6 +213,40 @@ impl AwsSendParts {
     }
 }
 
+impl AwsSendParts {
+    /// The agent API's compose and profile services on AWS, on the send worker's records, queue
+    /// and accounts, so what the API queues is what functions/send-mail sends.
+    pub fn api_services(
+        &self,
+        config: &aws_config::SdkConfig,
+        table: &str,
+        channels: Arc<StaticChannels>,
+        limits: crate::domain::outbound::AttachmentLimits,
+    ) -> (crate::usecases::outbound::OutboundService, crate::usecases::agent_profile::ProfileService) {
+        let clock = Arc::new(crate::ports::SystemClock);
+        let outbound = crate::usecases::outbound::OutboundService {
+            store: Arc::new(crate::adapters::aws::DynamoIngestStore::new(aws_sdk_dynamodb::Client::new(config), table)),
+            raw_store: self.raw.clone(),
+            outbound: self.records.clone(),
+            profiles: self.records.clone(),
+            channels: channels.clone(),
+            renderer: Arc::new(LettreRenderer),
+            send_queue: self.queue.clone(),
+            clock: clock.clone(),
+            limits,
+        };
+        let profiles = crate::usecases::agent_profile::ProfileService {
+            profiles: self.records.clone(),
+            secrets: self.secrets.clone(),
+            channels,
+            renderer: Arc::new(LettreRenderer),
+            sender: self.sender.clone(),
+            clock,
+        };
+        (outbound, profiles)
+    }
+}
+
 /// The outbound services of `mailroom serve`, on the embedded backend: compose (API), profiles
 /// (API) and the send worker (a loop beside the SMTP listener). SMTP routes go out directly;
 /// `ses` is Amazon SES when the process has AWS credentials (or moto), else SES routes park.
