@@ -9,72 +9,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use mailroom::adapters::embedded::{DEFAULT_MAX_RECEIVES, EmbeddedBackend};
 use mailroom::domain::agent::{Agent, Role};
-use mailroom::domain::ids::{
-    AgentId, Category, ChannelName, EmailAddress, Fingerprint, InteractionId, QueueName, RawMailKey,
-};
-use mailroom::domain::interaction::{Direction, Interaction, InteractionState, Priority, Sentiment, StoredMessage};
-use mailroom::domain::journal::Disposition;
+use mailroom::domain::ids::{AgentId, EmailAddress, QueueName};
+use mailroom::domain::interaction::Priority;
 use mailroom::domain::presence::ChosenPresence;
 use mailroom::domain::queue::EmailQueue;
 use mailroom::ports::{IngestStore, SystemClock};
+use mailroom::testing::waiting_interaction;
 use mailroom::usecases::routing::RoutingService;
-
-fn waiting(n: u64, queue: &QueueName) -> (Interaction, StoredMessage) {
-    let mut digest = [0u8; 32];
-    digest[..8].copy_from_slice(&n.to_be_bytes());
-    let fp = Fingerprint::from_digest(digest);
-    let id = InteractionId::for_first_message(&fp);
-    let now = Utc::now();
-    let customer = EmailAddress::parse(&format!("c{n}@example.org")).expect("address");
-    let category = Category::parse("general").expect("category");
-    (
-        Interaction {
-            id: id.clone(),
-            channel: ChannelName::parse("support").expect("name"),
-            customer: customer.clone(),
-            customer_name: None,
-            subject: "Question".into(),
-            queue: queue.clone(),
-            priority: Priority::NORMAL,
-            state: InteractionState::Queued,
-            category: category.clone(),
-            sentiment: Sentiment::Neutral,
-            participants: vec![],
-            origin: fp.clone(),
-            message_count: 1,
-            created_at: now,
-            updated_at: now,
-            queued_at: Some(now),
-            routing: Default::default(),
-        },
-        StoredMessage {
-            fingerprint: fp,
-            interaction_id: id,
-            raw_key: RawMailKey::of(&n.to_be_bytes()),
-            direction: Direction::Inbound,
-            message_id: None,
-            conversation_key: None,
-            from: customer,
-            from_name: None,
-            to: vec![],
-            cc: vec![],
-            subject: "Question".into(),
-            sent_at: None,
-            received_at: now,
-            text_body: String::new(),
-            body_truncated: false,
-            attachments: vec![],
-            degraded: vec![],
-            disposition: Disposition::New,
-            reason: String::new(),
-            category,
-            sentiment: Sentiment::Neutral,
-        },
-    )
-}
 
 fn agent(n: usize, queue: &QueueName) -> Agent {
     Agent {
@@ -107,7 +50,7 @@ async fn main() {
     let agents: Vec<Agent> = (0..100).map(|n| agent(n, &support)).collect();
     svc.seed(&agents, &[EmailQueue::named(support.clone())]).await.expect("seed");
     for n in 0..2_000u64 {
-        let (i, m) = waiting(n, &support);
+        let (i, m) = waiting_interaction(n, &support, Priority::NORMAL.value(), 0);
         backend.create_interaction(&i, &m).await.expect("create");
     }
     for a in &agents {
@@ -147,7 +90,7 @@ async fn main() {
     let ana = agent(0, &support);
     svc.seed(std::slice::from_ref(&ana), &[EmailQueue::named(support.clone())]).await.expect("seed");
     for n in 0..50u64 {
-        let (i, m) = waiting(n, &support);
+        let (i, m) = waiting_interaction(n, &support, Priority::NORMAL.value(), 0);
         backend.create_interaction(&i, &m).await.expect("create");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

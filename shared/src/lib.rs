@@ -14,4 +14,5 @@ pub mod domain;
 pub mod ports;
 pub mod report;
 pub mod telemetry;
+pub mod testing;
 pub mod usecases;

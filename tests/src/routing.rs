@@ -7,18 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use mailroom::domain::agent::{Agent, Role};
-use mailroom::domain::ids::{
-    AgentId, Category, ChannelName, EmailAddress, Fingerprint, InteractionId, QueueName, RawMailKey,
-};
-use mailroom::domain::interaction::{Direction, Interaction, InteractionState, Priority, Sentiment, StoredMessage};
-use mailroom::domain::journal::Disposition;
+use mailroom::domain::ids::{AgentId, EmailAddress, InteractionId, QueueName};
+use mailroom::domain::interaction::Interaction;
 use mailroom::domain::presence::{ChosenPresence, Refusal};
 use mailroom::domain::queue::EmailQueue;
 use mailroom::domain::routing::RoutingRequest;
 use mailroom::ports::routing::RoutingStore;
 use mailroom::ports::{IngestStore, SystemClock, WorkQueue};
+use mailroom::testing::Rng;
+pub use mailroom::testing::waiting_interaction;
 use mailroom::usecases::routing::{RoutingError, RoutingService, check_invariants};
 
 /// One isolated set of routing resources.
@@ -42,80 +40,8 @@ fn service(b: &RoutingBackend) -> RoutingService {
     }
 }
 
-/// xorshift64*, deterministic per seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 fn q(name: &str) -> QueueName {
     QueueName::parse(name).expect("queue name")
-}
-
-/// An interaction waiting in `queue`, created as ingest would, with its first message.
-pub fn waiting_interaction(n: u64, queue: &QueueName, priority: u8, age_ms: i64) -> (Interaction, StoredMessage) {
-    let mut digest = [0u8; 32];
-    digest[..8].copy_from_slice(&n.to_be_bytes());
-    digest[8] = 0xAB;
-    let fp = Fingerprint::from_digest(digest);
-    let id = InteractionId::for_first_message(&fp);
-    let at = Utc::now() - chrono::Duration::milliseconds(age_ms);
-    let customer = EmailAddress::parse(&format!("customer{n}@example.org")).expect("address");
-    let interaction = Interaction {
-        id: id.clone(),
-        channel: ChannelName::parse("support").expect("name"),
-        customer: customer.clone(),
-        customer_name: Some(format!("Customer {n}")),
-        subject: format!("Question {n}"),
-        queue: queue.clone(),
-        priority: Priority::new(priority).expect("priority"),
-        state: InteractionState::Queued,
-        category: Category::parse("general").expect("category"),
-        sentiment: Sentiment::Neutral,
-        participants: vec![],
-        origin: fp.clone(),
-        message_count: 1,
-        created_at: at,
-        updated_at: at,
-        queued_at: Some(at),
-        routing: Default::default(),
-    };
-    let message = StoredMessage {
-        fingerprint: fp,
-        interaction_id: id,
-        raw_key: RawMailKey::of(&n.to_be_bytes()),
-        direction: Direction::Inbound,
-        message_id: None,
-        conversation_key: None,
-        from: customer,
-        from_name: None,
-        to: vec![],
-        cc: vec![],
-        subject: format!("Question {n}"),
-        sent_at: None,
-        received_at: at,
-        text_body: "Hello".into(),
-        body_truncated: false,
-        attachments: vec![],
-        degraded: vec![],
-        disposition: Disposition::New,
-        reason: String::new(),
-        category: Category::parse("general").expect("category"),
-        sentiment: Sentiment::Neutral,
-    };
-    (interaction, message)
 }
 
 async fn enqueue(b: &RoutingBackend, i: &Interaction) {

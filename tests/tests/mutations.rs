@@ -9,24 +9,9 @@ use mailroom::adapters::memory::{MemoryIngestStore, MemoryRawStore, MemoryWorkQu
 use mailroom::app::ingest_service;
 use mailroom::config::AppConfig;
 use mailroom::domain::journal::Source;
+use mailroom::testing::Rng;
 use mailroom::usecases::ingest::InboundEmail;
 use mailroom_tests::fixtures;
-
-/// xorshift64*: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-}
 
 const SPLICES: &[&[u8]] = &[
     b"\r\nContent-Type: multipart/mixed; boundary=\"\"\r\n",
@@ -43,30 +28,30 @@ const SPLICES: &[&[u8]] = &[
 
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut data = seed.to_vec();
-    for _ in 0..=rng.below(4) {
-        match rng.below(5) {
+    for _ in 0..=rng.index(4) {
+        match rng.index(5) {
             0 if !data.is_empty() => {
-                let i = rng.below(data.len());
-                data[i] ^= 1 << rng.below(8);
+                let i = rng.index(data.len());
+                data[i] ^= 1 << rng.index(8);
             }
             1 if !data.is_empty() => {
-                let cut = rng.below(data.len());
+                let cut = rng.index(data.len());
                 data.truncate(cut);
             }
             2 => {
-                let i = rng.below(data.len() + 1);
-                let s = SPLICES[rng.below(SPLICES.len())];
+                let i = rng.index(data.len() + 1);
+                let s = SPLICES[rng.index(SPLICES.len())];
                 data.splice(i..i, s.iter().copied());
             }
             3 if !data.is_empty() => {
-                let i = rng.below(data.len());
+                let i = rng.index(data.len());
                 let b = data[i];
-                let n = rng.below(64);
+                let n = rng.index(64);
                 data.splice(i..i, std::iter::repeat_n(b, n));
             }
             _ => {
-                let i = rng.below(data.len() + 1);
-                let j = (i + rng.below(200)).min(data.len());
+                let i = rng.index(data.len() + 1);
+                let j = (i + rng.index(200)).min(data.len());
                 data.drain(i..j);
             }
         }
@@ -87,7 +72,7 @@ async fn mutated_fixtures_always_get_a_final_disposition() {
     .expect("service");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for round in 0..4_000 {
-        let seed = &seeds[rng.below(seeds.len())];
+        let seed = &seeds[rng.index(seeds.len())];
         let data = mutate(&mut rng, seed);
         let out = service
             .ingest(InboundEmail::new(data, Source::Replay))
