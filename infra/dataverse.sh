@@ -9,12 +9,13 @@
 #              MAILROOM_PYTHON (default python3; only the standard library is used).
 # Pid file and log: $MAILROOM_CACHE/run/dataverse-<port>.{pid,log}
 # The start/stop/url machinery is shared with the other Python emulators: infra/lib/python-emulator.sh.
+# NAME, PORT_VAR and DEFAULT_PORT are read by the library.
+# shellcheck disable=SC2034 source-path=SCRIPTDIR
 set -euo pipefail
 
 NAME=dataverse
 PORT_VAR=MAILROOM_DATAVERSE_PORT
 DEFAULT_PORT=45690
-# shellcheck source=lib/python-emulator.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python-emulator.sh"
 
 # The emulator's built-in environment: tenant, and the client whose application user holds every privilege the

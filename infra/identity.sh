@@ -9,12 +9,13 @@
 #              MAILROOM_PYTHON (default python3; only the standard library is used).
 # Pid file and log: $MAILROOM_CACHE/run/identity-<port>.{pid,log}
 # The start/stop/url machinery is shared with the other Python emulators: infra/lib/python-emulator.sh.
+# NAME, PORT_VAR and DEFAULT_PORT are read by the library.
+# shellcheck disable=SC2034 source-path=SCRIPTDIR
 set -euo pipefail
 
 NAME=identity
 PORT_VAR=MAILROOM_IDENTITY_PORT
 DEFAULT_PORT=45680
-# shellcheck source=lib/python-emulator.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/python-emulator.sh"
 
 print_env() { printf 'export MAILROOM_TEST_IDENTITY_URL=%q\n' "$URL"; }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts of our standard-library Python emulators (identity, dataverse, graph): one
 # start|stop|url|env shape, a pid file and a log per port, and a `/health` check.
 # The caller sets NAME (also infra/emulators/$NAME.py), PORT_VAR (the variable that moves the port),

@@ -24,22 +24,9 @@ GRAPH=http://127.0.0.1:${MAILROOM_GRAPH_PORT:-45710}
 API=http://127.0.0.1:$API_PORT/v1
 LOG=$DATA.serve.log
 
-step() { printf '\n== %s\n' "$*"; }
-fail() {
-  printf 'FAIL: %s\n' "$*" >&2
-  exit 1
-}
-# expect JSON FILTER WHAT: the jq FILTER must be true of JSON.
-expect() { jq -e "$2" >/dev/null <<<"$1" || fail "$3: $1"; }
-# Runs curl, prints the body, fails on a non-2xx status.
-call() {
-  local out status
-  out=$(curl -sS -w '\n%{http_code}' "$@") || fail "curl $*"
-  status=${out##*$'\n'}
-  out=${out%$'\n'*}
-  [[ $status == 2* ]] || fail "HTTP $status from curl $*: $out"
-  printf '%s' "$out"
-}
+# step, fail, expect, call, stop_serve, ensure_mailroom
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # wait_update FILTER WHAT: long-polls /teams/updates from $AFTER until a message matching the jq
 # FILTER arrives (at most ~30 s); prints that page, sets UPDATES and moves AFTER past it.
@@ -60,25 +47,14 @@ SERVE_PID=
 STARTED_GRAPH=
 cleanup() {
   local rc=$?
-  if [[ -n $SERVE_PID ]] && kill -0 "$SERVE_PID" 2>/dev/null; then
-    kill -INT "$SERVE_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$SERVE_PID" 2>/dev/null || true
-  fi
+  stop_serve "$rc"
   if [[ -n $STARTED_GRAPH ]]; then bash "$ROOT/infra/graph.sh" stop || true; fi
-  if ((rc != 0)) && [[ -f $LOG ]]; then
-    echo "--- last lines of the mailroom serve log ($LOG):" >&2
-    tail -n 30 "$LOG" >&2
-  fi
   exit "$rc"
 }
 trap cleanup EXIT
 
 cd "$ROOT"
-if [[ ! -x $MAILROOM ]]; then
-  step "building mailroom"
-  cargo build -p mailroom-shared --bin mailroom
-fi
+ensure_mailroom
 
 step "the Graph emulator"
 if ! curl -fsS -o /dev/null --max-time 1 "$GRAPH/health" 2>/dev/null; then
