@@ -24,7 +24,6 @@ use super::json::ValidJson;
 use crate::domain::agent::Agent;
 use crate::domain::ids::{ChannelName, InteractionId};
 use crate::domain::outbound::{OutgoingServer, SecretKey};
-use crate::domain::presence::{Presence, Refusal};
 use crate::usecases::agent_profile::{ProfileChanges, ProfileError, ProfileService};
 use crate::usecases::outbound::{
     ErrorKind, FollowUpInput, ForwardInput, NewEmailInput, OutboundError, OutboundService, Queued, ReplyInput,
@@ -232,20 +231,7 @@ async fn new_email(
     let agent = agent(&s, &caller).await?;
     let queued = s.outbound.new_email(&agent, request).await?;
     if !queued.repeated {
-        let now = s.outbound.clock.now();
-        s.routing
-            .store
-            .transition(None, Some(&agent.id), &|_, a| {
-                let a = a.ok_or(Refusal::UnknownAgent)?;
-                a.state.active += 1;
-                // An agent with an offer pending stays reserved; the offer decides what is next.
-                if a.state.presence != Presence::Reserved && a.state.presence != Presence::Busy {
-                    a.state.presence = Presence::Busy;
-                    a.state.presence_since = now;
-                }
-                Ok(())
-            })
-            .await??;
+        s.routing.start_own_email(&agent.id).await?;
     }
     Ok(accepted(&queued))
 }
@@ -578,6 +564,8 @@ fn openapi_schemas() -> Value {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use crate::domain::presence::Presence;
 
     use mail_parser::MessageParser;
 

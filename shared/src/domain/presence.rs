@@ -291,6 +291,16 @@ pub fn transfer(
     Ok(())
 }
 
+/// The agent starts an email of their own (a new email, not an offer): one more interaction in
+/// hand, and busy, so no offer interrupts until they end it. An agent with an offer pending stays
+/// reserved: the offer decides what is next.
+pub fn start_own_email(state: &mut AgentState, now: DateTime<Utc>) {
+    state.active += 1;
+    if state.presence != Presence::Reserved && state.presence != Presence::Busy {
+        state.set(Presence::Busy, now);
+    }
+}
+
 /// The agent sets their own presence. Coming back `available` makes them the longest idle only
 /// from now on.
 pub fn set_presence(state: &mut AgentState, to: ChosenPresence, now: DateTime<Utc>) -> Result<(), Refusal> {
@@ -376,6 +386,19 @@ mod tests {
     }
 
     const T: chrono::Duration = chrono::Duration::seconds(60);
+
+    #[test]
+    fn an_own_email_keeps_offers_away_and_an_agent_at_capacity_stays_busy() {
+        let (ana, mut s, mut i) = (agent("ana", 1), available(now()), interaction(1));
+        offer(&mut i, &ana, &mut s, "o1", now(), T).unwrap();
+        accept(&mut i, &ana, &mut s, now()).unwrap();
+        start_own_email(&mut s, now());
+        assert_eq!((s.presence, s.active), (Presence::Busy, 2));
+        // Ending the accepted one leaves the new email in hand: still at capacity, still busy.
+        end(&mut i, &ana, &mut s, now()).unwrap();
+        assert_eq!((s.presence, s.active), (Presence::Busy, 1));
+        assert!(!s.can_take_offer(ana.capacity));
+    }
 
     #[test]
     fn offer_then_accept_makes_the_agent_busy() {

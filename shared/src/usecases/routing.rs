@@ -378,6 +378,20 @@ impl RoutingService {
         Ok(PresenceView::from(&record))
     }
 
+    /// The agent has started an email of their own (`POST /v1/emails`): it counts against their
+    /// capacity and keeps offers away until they end it.
+    pub async fn start_own_email(&self, agent: &AgentId) -> Result<(), RoutingError> {
+        let now = self.clock.now();
+        self.store
+            .transition(None, Some(agent), &|_, a| {
+                let a = a.ok_or(Refusal::UnknownAgent)?;
+                presence::start_own_email(&mut a.state, now);
+                Ok(())
+            })
+            .await??;
+        Ok(())
+    }
+
     pub async fn offers(&self, agent: &AgentId) -> Result<Vec<OfferView>, RoutingError> {
         let now = self.clock.now();
         Ok(self
