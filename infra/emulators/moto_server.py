@@ -12,18 +12,43 @@ moto's dispatcher also finds the backend of every request by listing its package
 matching hundreds of URL patterns, under one lock that every request thread waits for; the answer
 for a host never changes, so it is remembered.
 
+moto's `Table.query` starts from `all_items()`, which sorts every item of the table (comparing
+`DynamoType`s in Python) before the query filters them, and then scans them all for one partition,
+of the table or of an index. A query sorts its own results, so here it gets only the items of the
+partition it names: the table's own partition, or the items of an index partition as kept by a map
+that every write (put, update, delete, in or out of a transaction) keeps current. moto still checks
+each item against the key condition, so the map only has to hold every item that may match. Its
+final sort compares plain strings and numbers instead of `DynamoType`s.
+
+moto writes every DynamoDB answer through its generic, model-driven serializer, which walks each
+attribute of each item in Python; for reads, whose answers are already DynamoDB's JSON, it took most
+of moto's time. Reads whose answer is plain JSON (no binary values, no timestamps) are written with
+`json.dumps` instead; anything else still takes the serializer.
+
+moto's SQS `send_message` reads the queue's `attributes` for one flag, and that property counts
+every message in the queue (visible, delayed, in flight) with date arithmetic: with thousands of
+delayed offer time-outs queued, each send cost milliseconds. Inside `send_message` the property
+answers just that flag. `receive_message` did the same for every message it looked at, to read the
+retention period; that check reads the queue's setting directly.
+
+Werkzeug's log line per request is dropped (errors are still logged).
+
 Run exactly like `moto_server` (infra/moto.sh does): `python moto_server.py -H 127.0.0.1 -p 45660`.
 """
 
 import copy
 import json
+import logging
 import sys
 import threading
 
 import moto.dynamodb.models as dynamodb_models
 from moto import backends as moto_backends
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoResult
+from moto.core.utils import unix_time
 from moto.moto_server import werkzeug_app
+from moto.sqs import models as sqs_models
 from moto.server import main
 
 _in_transaction = threading.local()
@@ -87,6 +112,176 @@ def transact_write_items(self, transact_items):
         _in_transaction.active = False
 
 
+_query_scope = threading.local()
+_all_items = Table.all_items
+
+
+def _index_hash_attrs(table):
+    """{index name: its partition key attribute} for the indexes with a single partition key."""
+    found = {}
+    for index in list(table.global_indexes) + list(table.indexes):
+        hashes = [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+        if len(hashes) == 1:
+            found[index.name] = hashes[0]
+    return found
+
+
+def _item_key(item):
+    return (item.hash_key.type, item.hash_key.value, item.range_key.type if item.range_key else None,
+            item.range_key.value if item.range_key else None)
+
+
+# moto serves each request on its own thread; the map changes only under this lock.
+_partitions_lock = threading.RLock()
+
+
+def _partitions(table):
+    """The index partition map of `table`, built from its items the first time it is needed."""
+    with _partitions_lock:
+        state = table.__dict__.get("_mailroom_partitions")
+        if state is None:
+            state = table.__dict__["_mailroom_partitions"] = ({}, {})  # partitions, memberships
+            for item in _all_items(table):
+                _place(table, item)
+        return state
+
+
+def _place(table, item):
+    with _partitions_lock:
+        partitions, memberships = _partitions(table)
+        key = _item_key(item)
+        for old in memberships.pop(key, ()):
+            partitions.get(old, {}).pop(key, None)
+        places = []
+        for index, attr in _index_hash_attrs(table).items():
+            value = item.attrs.get(attr)
+            if value is None or not isinstance(value.value, (str, bytes)):
+                continue
+            place = (index, value.type, value.value)
+            partitions.setdefault(place, {})[key] = item
+            places.append(place)
+        memberships[key] = places
+
+
+def _forget(table, item):
+    with _partitions_lock:
+        partitions, memberships = _partitions(table)
+        key = _item_key(item)
+        for old in memberships.pop(key, ()):
+            partitions.get(old, {}).pop(key, None)
+
+
+_table_put_item = Table.put_item
+_table_delete_item = Table.delete_item
+_backend_update_item = dynamodb_models.DynamoDBBackend.update_item
+
+
+def table_put_item(self, *args, **kwargs):
+    item = _table_put_item(self, *args, **kwargs)
+    if item is not None:
+        _place(self, item)
+    return item
+
+
+def table_delete_item(self, *args, **kwargs):
+    item = _table_delete_item(self, *args, **kwargs)
+    if item is not None:
+        _forget(self, item)
+    return item
+
+
+def backend_update_item(self, table_name, *args, **kwargs):
+    item = _backend_update_item(self, table_name, *args, **kwargs)
+    if item is not None:
+        _place(self.get_table(table_name), item)
+    return item
+
+
+def all_items(self):
+    if getattr(_query_scope, "table", None) is not self:
+        return _all_items(self)
+    return _query_scope.items
+
+
+def _sort_key(value):
+    return value.value if value.type == "S" else value.cast_value
+
+
+def sorted_items(self, hash_key_attrs, range_key_attrs, items):
+    attrs = self._generate_attr_to_sort_by(hash_key_attrs, range_key_attrs)
+    items.sort(key=lambda x: tuple(_sort_key(x.attrs[a]) for a in attrs))
+    return items
+
+
+_query = Table.query
+
+
+def query(self, hash_key, *args, **kwargs):
+    index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+    conditions = kwargs.get("hash_key_conditions") or []
+    if index_name is None and hash_key is not None:
+        hash_set = self.items.get(hash_key)
+        if hash_set is None:
+            items = []
+        else:
+            items = list(hash_set.values()) if self.range_key_attr else [hash_set]
+    elif index_name is not None and len(conditions) == 1 and index_name in _index_hash_attrs(self):
+        _, value = conditions[0]
+        with _partitions_lock:
+            partitions, _ = _partitions(self)
+            items = list(partitions.get((index_name, value.type, value.value), {}).values())
+    else:
+        return _query(self, hash_key, *args, **kwargs)
+    _query_scope.table, _query_scope.items = self, items
+    try:
+        return _query(self, hash_key, *args, **kwargs)
+    finally:
+        _query_scope.table = None
+
+
+_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem"})
+_execute_result = DynamoResult.execute_result
+
+
+def execute_result(self, context):
+    if context.operation_model.name in _READS and isinstance(self.result, dict):
+        try:
+            body = json.dumps({k: v for k, v in self.result.items() if v is not None})
+        except (TypeError, ValueError):
+            pass  # bytes or datetimes: the serializer knows how to write them
+        else:
+            return 200, {"Content-Type": "application/x-amz-json-1.0"}, body
+    return _execute_result(self, context)
+
+
+_sending = threading.local()
+_queue_attributes = sqs_models.Queue.attributes
+
+
+def queue_attributes(self):
+    if getattr(_sending, "active", False):
+        if not self.fifo_queue:
+            return {}
+        return {"ContentBasedDeduplication": str(bool(self.content_based_deduplication)).lower()}
+    return _queue_attributes.fget(self)
+
+
+_send_message = sqs_models.SQSBackend.send_message
+
+
+def send_message(self, *args, **kwargs):
+    _sending.active = True
+    try:
+        return _send_message(self, *args, **kwargs)
+    finally:
+        _sending.active = False
+
+
+def is_message_valid_based_on_retention_period(self, queue_name, message):
+    queue = self.get_queue(queue_name)
+    return int(queue.message_retention_period) + message.sent_timestamp / 1000 > unix_time()
+
+
 _modules = tuple(moto_backends.list_of_moto_modules())
 _backend_for_host = werkzeug_app.DomainDispatcherApplication.get_backend_for_host
 
@@ -102,6 +297,17 @@ moto_backends.list_of_moto_modules = lambda: iter(_modules)
 werkzeug_app.DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
 dynamodb_models.copy = _CopyWithoutTables()
 dynamodb_models.DynamoDBBackend.transact_write_items = transact_write_items
+Table.all_items = all_items
+Table.sorted_items = sorted_items
+Table.put_item = table_put_item
+Table.delete_item = table_delete_item
+dynamodb_models.DynamoDBBackend.update_item = backend_update_item
+DynamoResult.execute_result = execute_result
+sqs_models.Queue.attributes = property(queue_attributes)
+sqs_models.SQSBackend.send_message = send_message
+sqs_models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
+Table.query = query
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 if __name__ == "__main__":
     sys.argv[0] = "moto_server"
