@@ -97,18 +97,26 @@ impl Moto {
             .create_table()
             .table_name(name)
             .billing_mode(BillingMode::PayPerRequest)
-            .set_attribute_definitions(Some(vec![attr("pk"), attr("sk"), attr("gsi1pk"), attr("gsi1sk")]))
+            .set_attribute_definitions(Some(
+                ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk"].into_iter().map(attr).collect(),
+            ))
             .key_schema(key("pk", KeyType::Hash))
             .key_schema(key("sk", KeyType::Range))
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name("gsi1")
-                    .key_schema(key("gsi1pk", KeyType::Hash))
-                    .key_schema(key("gsi1sk", KeyType::Range))
-                    .projection(Projection::builder().projection_type(ProjectionType::All).build())
-                    .build()
-                    .expect("gsi"),
-            )
+            // As template.yaml's StateTable: the listings (gsi1) and the available agents (gsi2).
+            .set_global_secondary_indexes(Some(
+                ["gsi1", "gsi2"]
+                    .into_iter()
+                    .map(|index| {
+                        GlobalSecondaryIndex::builder()
+                            .index_name(index)
+                            .key_schema(key(&format!("{index}pk"), KeyType::Hash))
+                            .key_schema(key(&format!("{index}sk"), KeyType::Range))
+                            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                            .build()
+                            .expect("gsi")
+                    })
+                    .collect(),
+            ))
             .send()
             .await
             .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(e)));

@@ -13,7 +13,8 @@ use mailroom::domain::interaction::Interaction;
 use mailroom::domain::presence::{ChosenPresence, Refusal};
 use mailroom::domain::queue::EmailQueue;
 use mailroom::domain::routing::RoutingRequest;
-use mailroom::ports::routing::RoutingStore;
+use mailroom::ports::BackendResult;
+use mailroom::ports::routing::{AgentRecord, RoutingStore, TransitionFn, Transitioned};
 use mailroom::ports::{IngestStore, SystemClock, WorkQueue};
 use mailroom::testing::Rng;
 pub use mailroom::testing::waiting_interaction;
@@ -58,7 +59,8 @@ async fn enqueue(b: &RoutingBackend, i: &Interaction) {
 async fn worker(svc: RoutingService, stop: Arc<AtomicBool>, seed: u64) {
     let mut rng = Rng(seed);
     while !stop.load(Ordering::Relaxed) {
-        let batch = match svc.work.receive(10, Duration::from_secs(2), Duration::from_millis(200)).await {
+        // Long polling, as the Lambda event source does: an idle worker costs the queue little.
+        let batch = match svc.work.receive(10, Duration::from_secs(2), Duration::from_secs(1)).await {
             Ok(b) => b,
             Err(_) => continue,
         };
@@ -161,28 +163,33 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
         tasks.push(tokio::spawn(worker(svc.clone(), stop.clone(), 1000 + w as u64)));
     }
 
-    // The emails arrive while agents work; some routing requests are sent twice.
-    let feeder = {
-        let (b, emails) = (
-            RoutingBackend { store: b.store.clone(), transcripts: b.transcripts.clone(), work: b.work.clone() },
-            cfg.emails,
-        );
-        tokio::spawn(async move {
-            let mut rng = Rng(7);
-            for n in 0..emails as u64 {
-                let queue = q(["support", "billing", "vip"][rng.below(3) as usize]);
-                let (i, m) = waiting_interaction(n, &queue, 1 + rng.below(10) as u8, 0);
-                b.transcripts.create_interaction(&i, &m).await.expect("create");
-                enqueue(&b, &i).await;
-                if rng.chance(10) {
+    // The emails arrive while agents work, through a few channels at once (one feeder alone would
+    // wait in line behind 120 clients on a single-process backend); some routing requests are
+    // sent twice.
+    const FEEDERS: u64 = 4;
+    let feeders: Vec<_> = (0..FEEDERS)
+        .map(|feeder| {
+            let (b, emails) = (
+                RoutingBackend { store: b.store.clone(), transcripts: b.transcripts.clone(), work: b.work.clone() },
+                cfg.emails as u64,
+            );
+            tokio::spawn(async move {
+                let mut rng = Rng(7 + feeder);
+                for n in (feeder..emails).step_by(FEEDERS as usize) {
+                    let queue = q(["support", "billing", "vip"][rng.below(3) as usize]);
+                    let (i, m) = waiting_interaction(n, &queue, 1 + rng.below(10) as u8, 0);
+                    b.transcripts.create_interaction(&i, &m).await.expect("create");
                     enqueue(&b, &i).await;
+                    if rng.chance(10) {
+                        enqueue(&b, &i).await;
+                    }
+                    if n % 50 < FEEDERS {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
-                if n % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+            })
         })
-    };
+        .collect();
 
     let holders: Arc<Mutex<HashMap<InteractionId, AgentId>>> = Arc::default();
     let ended: Arc<Mutex<HashSet<InteractionId>>> = Arc::default();
@@ -275,10 +282,20 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
         }));
     }
 
-    feeder.await.expect("feeder");
-    let deadline = tokio::time::Instant::now() + cfg.time_limit;
+    for feeder in feeders {
+        feeder.await.expect("feeder");
+    }
+    let started = tokio::time::Instant::now();
+    let deadline = started + cfg.time_limit;
+    let mut next_progress = started + Duration::from_secs(30);
     while ended.lock().expect("lock").len() < cfg.emails && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if tokio::time::Instant::now() >= next_progress {
+            // A slow backend shows in the log as it happens, not only at the time limit.
+            let done = ended.lock().expect("lock").len();
+            eprintln!("storm: {done} of {} emails ended after {:?}", cfg.emails, started.elapsed());
+            next_progress += Duration::from_secs(30);
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -342,4 +359,122 @@ pub async fn offers_follow_priority_then_waiting_time(f: &dyn RoutingFactory) {
         got.push(id);
     }
     assert_eq!(got, expected);
+}
+
+/// A store whose listings can lag, as DynamoDB's indexes may a moment after a write: while
+/// `hide_waiting` or `hide_available` is set, `waiting` or `available_agents` show nothing.
+struct Lagging {
+    inner: Arc<dyn RoutingStore>,
+    hide_waiting: AtomicBool,
+    hide_available: AtomicBool,
+}
+
+#[async_trait]
+impl RoutingStore for Lagging {
+    async fn put_agent(&self, agent: &Agent) -> BackendResult<()> {
+        self.inner.put_agent(agent).await
+    }
+    async fn agent(&self, id: &AgentId) -> BackendResult<Option<AgentRecord>> {
+        self.inner.agent(id).await
+    }
+    async fn agents(&self) -> BackendResult<Vec<AgentRecord>> {
+        self.inner.agents().await
+    }
+    async fn available_agents(&self) -> BackendResult<Vec<AgentRecord>> {
+        if self.hide_available.load(Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        self.inner.available_agents().await
+    }
+    async fn put_queue(&self, queue: &EmailQueue) -> BackendResult<()> {
+        self.inner.put_queue(queue).await
+    }
+    async fn queues(&self) -> BackendResult<Vec<EmailQueue>> {
+        self.inner.queues().await
+    }
+    async fn waiting(&self, queue: &QueueName, limit: usize) -> BackendResult<Vec<Interaction>> {
+        if self.hide_waiting.load(Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        self.inner.waiting(queue, limit).await
+    }
+    async fn held_by(&self, agent: &AgentId) -> BackendResult<Vec<Interaction>> {
+        self.inner.held_by(agent).await
+    }
+    async fn transition(
+        &self,
+        interaction: Option<&InteractionId>,
+        agent: Option<&AgentId>,
+        change: &TransitionFn<'_>,
+    ) -> BackendResult<Result<Transitioned, Refusal>> {
+        self.inner.transition(interaction, agent, change).await
+    }
+}
+
+/// Listings that lag behind writes strand nothing: a routing request offers the email or the
+/// agent it names even before the listings show them, and a sweep finds what no request matched.
+pub async fn lagging_listings_strand_nothing(f: &dyn RoutingFactory) {
+    let b = f.fresh().await;
+    let lagging = Arc::new(Lagging {
+        inner: b.store.clone(),
+        hide_waiting: AtomicBool::new(false),
+        hide_available: AtomicBool::new(false),
+    });
+    let svc = RoutingService { store: lagging.clone(), ..service(&b) };
+    let support = q("support");
+    let ana = Agent {
+        id: AgentId::parse("ana").expect("id"),
+        name: "Ana".into(),
+        email: EmailAddress::parse("ana@example.com").expect("email"),
+        queues: vec![support.clone()],
+        capacity: 1,
+        role: Role::Agent,
+    };
+    svc.seed(std::slice::from_ref(&ana), &[EmailQueue::named(support.clone())]).await.expect("seed");
+    svc.set_presence(&ana.id, ChosenPresence::Available).await.expect("presence");
+    let arrive = |n: u64| {
+        let (b, support) = (&b, support.clone());
+        async move {
+            let (i, m) = waiting_interaction(n, &support, 5, 0);
+            b.transcripts.create_interaction(&i, &m).await.expect("create");
+            i
+        }
+    };
+    let offered = |svc: RoutingService, id: AgentId| async move {
+        svc.offers(&id).await.expect("offers").into_iter().map(|o| o.interaction_id).collect::<Vec<_>>()
+    };
+
+    // The new email is not listed yet: its own request offers it.
+    lagging.hide_waiting.store(true, Ordering::SeqCst);
+    let first = arrive(1).await;
+    let queued = |i: &Interaction| {
+        RoutingRequest::InteractionQueued { interaction_id: i.id.clone(), queue: i.queue.clone(), priority: i.priority }
+            .to_body()
+    };
+    let report = svc.handle(&queued(&first)).await.expect("handle");
+    assert_eq!(report.offers_made, 1, "offered before the listing shows it");
+    assert_eq!(offered(svc.clone(), ana.id.clone()).await, std::slice::from_ref(&first.id));
+    svc.accept(&ana.id, &first.id).await.expect("accept");
+    lagging.hide_waiting.store(false, Ordering::SeqCst);
+
+    // The agent who just came free is not listed yet: their own request offers them the next one.
+    let second = arrive(2).await;
+    lagging.hide_available.store(true, Ordering::SeqCst);
+    svc.end(&ana.id, &first.id).await.expect("end");
+    let came_back = RoutingRequest::AgentAvailable { agent_id: ana.id.clone() }.to_body();
+    assert_eq!(svc.handle(&came_back).await.expect("handle").offers_made, 1, "offered before the listing shows her");
+    assert_eq!(offered(svc.clone(), ana.id.clone()).await, std::slice::from_ref(&second.id));
+    svc.accept(&ana.id, &second.id).await.expect("accept");
+
+    // Neither listed, and no request names them both: the sweep offers it once the listings
+    // catch up.
+    lagging.hide_waiting.store(true, Ordering::SeqCst);
+    let third = arrive(3).await;
+    svc.end(&ana.id, &second.id).await.expect("end");
+    let sweep = RoutingRequest::Sweep.to_body();
+    assert_eq!(svc.handle(&sweep).await.expect("handle").offers_made, 0);
+    lagging.hide_waiting.store(false, Ordering::SeqCst);
+    lagging.hide_available.store(false, Ordering::SeqCst);
+    assert_eq!(svc.handle(&sweep).await.expect("handle").offers_made, 1);
+    assert_eq!(offered(svc, ana.id.clone()).await, [third.id]);
 }

@@ -44,3 +44,9 @@ async fn offers_follow_priority_then_waiting_time() {
     let Some(m) = moto().await else { return };
     routing::offers_follow_priority_then_waiting_time(&m).await;
 }
+
+#[tokio::test]
+async fn lagging_listings_strand_nothing() {
+    let Some(m) = moto().await else { return };
+    routing::lagging_listings_strand_nothing(&m).await;
+}

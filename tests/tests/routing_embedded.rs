@@ -40,3 +40,8 @@ async fn concurrency_storm_20_workers_100_agents_2000_emails() {
 async fn offers_follow_priority_then_waiting_time() {
     routing::offers_follow_priority_then_waiting_time(&Embedded(Default::default())).await;
 }
+
+#[tokio::test]
+async fn lagging_listings_strand_nothing() {
+    routing::lagging_listings_strand_nothing(&Embedded(Default::default())).await;
+}

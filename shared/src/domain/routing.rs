@@ -15,6 +15,9 @@ pub enum RoutingRequest {
     AgentAvailable { agent_id: AgentId },
     /// An offer's time is up (sent with a delay when the offer is made). Only that offer expires.
     OfferExpired { interaction_id: InteractionId, agent_id: AgentId, offer_id: String },
+    /// Look at every queue (sent every minute by a schedule in AWS): the safety net for a request
+    /// that found nothing to match because an index had not caught up with a write yet.
+    Sweep,
 }
 
 impl RoutingRequest {
@@ -24,5 +27,17 @@ impl RoutingRequest {
 
     pub fn from_body(body: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheduled_sweep_body_is_a_sweep_request() {
+        // template.yaml's RoutingSweepRule sends exactly this body.
+        assert_eq!(RoutingRequest::from_body(r#"{"type":"sweep"}"#).unwrap(), RoutingRequest::Sweep);
+        assert_eq!(RoutingRequest::Sweep.to_body(), r#"{"type":"sweep"}"#);
     }
 }

@@ -41,6 +41,12 @@ pub trait RoutingStore: Send + Sync {
     async fn put_agent(&self, agent: &Agent) -> BackendResult<()>;
     async fn agent(&self, id: &AgentId) -> BackendResult<Option<AgentRecord>>;
     async fn agents(&self) -> BackendResult<Vec<AgentRecord>>;
+    /// The agents who can take an offer now, in any queue. Read by every offer, so a backend that
+    /// can answer without reading the whole directory should (DynamoDB keeps a sparse index of
+    /// them). It may lag a moment behind a transition: `transition` decides, this only proposes.
+    async fn available_agents(&self) -> BackendResult<Vec<AgentRecord>> {
+        Ok(self.agents().await?.into_iter().filter(|r| r.state.can_take_offer(r.agent.capacity)).collect())
+    }
 
     async fn put_queue(&self, queue: &EmailQueue) -> BackendResult<()>;
     async fn queues(&self) -> BackendResult<Vec<EmailQueue>>;

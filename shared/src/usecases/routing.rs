@@ -163,6 +163,44 @@ pub struct RoutingService {
     pub clock: Arc<dyn Clock>,
 }
 
+/// The records a routing request named, read consistently when it was taken (see
+/// [`RoutingService::dispatch_with`]). Each is used until an offer involving it has been tried.
+#[derive(Debug, Default)]
+struct Trigger {
+    interaction: Option<Interaction>,
+    agent: Option<AgentRecord>,
+}
+
+impl Trigger {
+    /// The next interaction to offer in `queue`: the index's head, or the request's own
+    /// interaction if it is still waiting there and comes first (or the index does not show it yet).
+    fn first_waiting(&self, queue: &QueueName, head: Option<Interaction>) -> Option<Interaction> {
+        let known = self.interaction.as_ref().filter(|i| i.state == InteractionState::Queued && &i.queue == queue);
+        match (head, known) {
+            (Some(head), Some(known))
+                if known.id != head.id && presence::waiting_order((known, 0), (&head, 0)).is_lt() =>
+            {
+                Some(known.clone())
+            }
+            (Some(head), _) => Some(head),
+            (None, known) => known.cloned(),
+        }
+    }
+
+    /// After an offer of `interaction` to `agent` was tried: a copy that took part is out of
+    /// date, unless the refusal was about the other record (it is then as it was read).
+    fn tried(&mut self, interaction: &InteractionId, agent: &AgentId, refusal: Option<&Refusal>) {
+        if !matches!(refusal, Some(Refusal::AgentNotFree))
+            && self.interaction.as_ref().is_some_and(|i| &i.id == interaction)
+        {
+            self.interaction = None;
+        }
+        if !matches!(refusal, Some(Refusal::NotWaiting)) && self.agent.as_ref().is_some_and(|a| &a.agent.id == agent) {
+            self.agent = None;
+        }
+    }
+}
+
 fn elapsed_seconds(from: Option<DateTime<Utc>>, now: DateTime<Utc>) -> i64 {
     from.map(|t| (now - t).num_seconds().max(0)).unwrap_or(0)
 }
@@ -201,9 +239,10 @@ impl RoutingService {
     pub async fn handle(&self, body: &str) -> Result<DispatchReport, RoutingError> {
         let request = RoutingRequest::from_body(body).map_err(RoutingError::BadRequest)?;
         match request {
-            RoutingRequest::InteractionQueued { queue, .. } => {
+            RoutingRequest::InteractionQueued { interaction_id, queue, .. } => {
                 tracing::Span::current().record("kind", "interaction_queued");
-                self.dispatch(&queue).await
+                let known = self.transcripts.interaction(&interaction_id).await?;
+                self.dispatch_with(&queue, &mut Trigger { interaction: known, agent: None }).await
             }
             RoutingRequest::AgentAvailable { agent_id } => {
                 tracing::Span::current().record("kind", "agent_available");
@@ -211,8 +250,18 @@ impl RoutingService {
                     return Ok(DispatchReport::default());
                 };
                 let mut report = DispatchReport::default();
-                for queue in &record.agent.queues {
-                    report.offers_made += self.dispatch(queue).await?.offers_made;
+                let queues = record.agent.queues.clone();
+                let mut trigger = Trigger { interaction: None, agent: Some(record) };
+                for queue in &queues {
+                    report.offers_made += self.dispatch_with(queue, &mut trigger).await?.offers_made;
+                }
+                Ok(report)
+            }
+            RoutingRequest::Sweep => {
+                tracing::Span::current().record("kind", "sweep");
+                let mut report = DispatchReport::default();
+                for queue in self.store.queues().await? {
+                    report.offers_made += self.dispatch(&queue.name).await?.offers_made;
                 }
                 Ok(report)
             }
@@ -270,6 +319,14 @@ impl RoutingService {
 
     /// Offers waiting interactions of `queue` to its free members until one side runs out.
     pub async fn dispatch(&self, queue: &QueueName) -> Result<DispatchReport, RoutingError> {
+        self.dispatch_with(queue, &mut Trigger::default()).await
+    }
+
+    /// [`Self::dispatch`], also considering the records the routing request named, as read
+    /// consistently: the indexes behind `waiting` and `available_agents` may lag a moment behind
+    /// the write that sent the request, and the email that just arrived or the agent who just
+    /// came free must not wait for the next request because of it.
+    async fn dispatch_with(&self, queue: &QueueName, trigger: &mut Trigger) -> Result<DispatchReport, RoutingError> {
         let Some(q) = self.queue_map().await?.remove(queue) else {
             warn!(queue = %queue, "routing request for an unknown queue");
             return Ok(DispatchReport::default());
@@ -277,15 +334,16 @@ impl RoutingService {
         let mut report = DispatchReport::default();
         let mut conflicts = 0;
         while report.offers_made < MAX_OFFERS_PER_DISPATCH && conflicts < 20 {
-            let waiting = self.store.waiting(queue, 1).await?;
-            let Some(interaction) = waiting.into_iter().next() else { break };
-            let mut free: Vec<AgentRecord> = self
-                .store
-                .agents()
-                .await?
-                .into_iter()
-                .filter(|r| r.agent.queues.contains(queue) && r.state.can_take_offer(r.agent.capacity))
-                .collect();
+            let head = self.store.waiting(queue, 1).await?.into_iter().next();
+            let Some(interaction) = trigger.first_waiting(queue, head) else { break };
+            let mut free: Vec<AgentRecord> =
+                self.store.available_agents().await?.into_iter().filter(|r| r.agent.queues.contains(queue)).collect();
+            if let Some(known) = trigger.agent.as_ref().filter(|k| k.agent.queues.contains(queue)) {
+                free.retain(|r| r.agent.id != known.agent.id);
+                if known.state.can_take_offer(known.agent.capacity) {
+                    free.push(known.clone());
+                }
+            }
             if free.is_empty() {
                 break;
             }
@@ -302,6 +360,7 @@ impl RoutingService {
                     presence::offer(i, &a.agent, &mut a.state, &offer_id, now, timeout)
                 })
                 .await?;
+            trigger.tried(&interaction.id, &chosen.agent.id, outcome.as_ref().err());
             match outcome {
                 Ok(_) => {
                     report.offers_made += 1;

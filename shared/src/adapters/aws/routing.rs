@@ -14,15 +14,22 @@
 //! `presence::waiting_order`: highest priority, then longest waiting, then id. Timestamps are UTC
 //! with microseconds, fixed width, so they sort as strings.
 //!
-//! The index is eventually consistent, so listings may be a moment stale. That is safe: every
+//! An agent who can take an offer now (available, no offer pending, below capacity) is also in
+//! the sparse index `gsi2`: `gsi2pk` = `AVAILABLE`, `gsi2sk` = `<idle_since>#<id>`, longest idle
+//! first. Every write of an agent item sets or removes those two attributes from the state it
+//! writes, so an offer reads the few free agents instead of the whole directory.
+//!
+//! The indexes are eventually consistent, so listings may be a moment stale. That is safe: every
 //! change goes through [`RoutingStore::transition`], which reads both records consistently and
-//! writes them back in one transaction conditioned on the versions it read.
+//! writes them back in one transaction conditioned on the versions it read. (The offer worker
+//! also reads the record that triggered a routing request directly, so a lagging index cannot
+//! make it miss the agent who just came free or the email that just arrived.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem};
 use tracing::debug;
 
@@ -77,6 +84,9 @@ pub fn aws_routing_service(config: &aws_config::SdkConfig, settings: &RoutingSet
 }
 
 const AGENTS_GSI_PK: &str = "AGENTS";
+/// The sparse index of agents who can take an offer now (see the module docs).
+const AVAILABLE_GSI: &str = "gsi2";
+const AVAILABLE_GSI_PK: &str = "AVAILABLE";
 const QUEUES_GSI_PK: &str = "QUEUES";
 /// DynamoDB's largest page; `Limit` above it is allowed but buys nothing.
 const MAX_PAGE: usize = 1000;
@@ -126,6 +136,16 @@ pub(super) fn interaction_index(i: &Interaction) -> Option<(String, String)> {
     }
 }
 
+/// The `gsi2` key of an agent item: present only while the agent can take an offer.
+fn available_index(record: &AgentRecord) -> Option<(String, String)> {
+    record
+        .state
+        .can_take_offer(record.agent.capacity)
+        .then(|| (AVAILABLE_GSI_PK.to_owned(), format!("{}#{}", timestamp(record.state.idle_since), record.agent.id)))
+}
+
+/// The whole agent item. A `Put` replaces the item, so leaving out the `gsi2` keys removes the
+/// agent from the available index.
 fn agent_item(record: &AgentRecord, version: u64) -> BackendResult<Item> {
     let mut item = agent_key(&record.agent.id);
     item.insert("agent".into(), s(encode(&record.agent)?));
@@ -133,6 +153,10 @@ fn agent_item(record: &AgentRecord, version: u64) -> BackendResult<Item> {
     item.insert("version".into(), AttributeValue::N(version.to_string()));
     item.insert("gsi1pk".into(), s(AGENTS_GSI_PK));
     item.insert("gsi1sk".into(), s(record.agent.id.as_str()));
+    if let Some((pk, sk)) = available_index(record) {
+        item.insert("gsi2pk".into(), s(pk));
+        item.insert("gsi2sk".into(), s(sk));
+    }
     Ok(item)
 }
 
@@ -163,6 +187,18 @@ impl DynamoIngestStore {
     /// Items under one `gsi1` partition in index order, following `LastEvaluatedKey` until it is
     /// absent (or `limit` items are in).
     async fn query_index(&self, operation: &'static str, pk: String, limit: Option<usize>) -> BackendResult<Vec<Item>> {
+        self.query_gsi(operation, (GSI1, "gsi1pk"), pk, limit).await
+    }
+
+    /// Items under one partition of `index` (its name and partition key attribute), as
+    /// [`Self::query_index`].
+    async fn query_gsi(
+        &self,
+        operation: &'static str,
+        (index, index_pk): (&str, &str),
+        pk: String,
+        limit: Option<usize>,
+    ) -> BackendResult<Vec<Item>> {
         let mut items = Vec::new();
         if limit == Some(0) {
             return Ok(items);
@@ -174,8 +210,9 @@ impl DynamoIngestStore {
                 .client
                 .query()
                 .table_name(&self.table)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :pk")
+                .index_name(index)
+                .key_condition_expression("#index_pk = :pk")
+                .expression_attribute_names("#index_pk", index_pk)
                 .expression_attribute_values(":pk", s(pk.clone()))
                 .set_limit(page)
                 .set_exclusive_start_key(start.take())
@@ -224,37 +261,44 @@ impl DynamoIngestStore {
 #[async_trait]
 impl RoutingStore for DynamoIngestStore {
     async fn put_agent(&self, agent: &Agent) -> BackendResult<()> {
-        let fresh = AgentState::new(chrono::Utc::now());
-        // One update: the directory entry is replaced, an existing state is kept, and the version
-        // moves only when the entry changed (so re-seeding at every cold start costs no conflicts).
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(agent_key(&agent.id)))
-            .update_expression(
-                "SET #agent = :agent, #state = if_not_exists(#state, :state), gsi1pk = :gsi1pk, gsi1sk = :gsi1sk \
-                 ADD #version :one",
-            )
-            .condition_expression("attribute_not_exists(pk) OR #agent <> :agent")
-            .expression_attribute_names("#agent", "agent")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_names("#version", "version")
-            .expression_attribute_values(":agent", s(encode(agent)?))
-            .expression_attribute_values(":state", s(encode(&fresh)?))
-            .expression_attribute_values(":gsi1pk", s(AGENTS_GSI_PK))
-            .expression_attribute_values(":gsi1sk", s(agent.id.as_str()))
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            // The stored entry is already this one.
-            Err(err) if matches!(err.as_service_error(), Some(UpdateItemError::ConditionalCheckFailedException(_))) => {
-                Ok(())
+        const OP: &str = "dynamodb put agent";
+        // Read, then write the whole item conditioned on what was read: the directory entry is
+        // replaced, an existing state is kept, the available index follows a changed capacity,
+        // and an unchanged entry is not written (so re-seeding at every cold start costs nothing).
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (record, read) = match self.read_agent(&agent.id).await? {
+                Some((existing, _)) if existing.agent == *agent => return Ok(()),
+                Some((existing, version)) => {
+                    (AgentRecord { agent: agent.clone(), state: existing.state }, Some(version))
+                }
+                None => (AgentRecord { agent: agent.clone(), state: AgentState::new(chrono::Utc::now()) }, None),
+            };
+            let (condition, values, names) = unchanged_since(read);
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(agent_item(&record, read.unwrap_or(0) + 1)?))
+                .condition_expression(condition)
+                .set_expression_attribute_values((!values.is_empty()).then_some(values))
+                .set_expression_attribute_names((!names.is_empty()).then_some(names))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                // Changed meanwhile (an offer, a presence change): apply again on the new state.
+                Err(err)
+                    if matches!(err.as_service_error(), Some(PutItemError::ConditionalCheckFailedException(_))) =>
+                {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(err) => return Err(classify(OP, err)),
             }
-            Err(err) => Err(classify("dynamodb put agent", err)),
         }
+        Err(BackendError::transient(
+            OP,
+            RoutingItemError::Contention { records: format!("agent {}", agent.id), attempts: MAX_ATTEMPTS },
+        ))
     }
 
     async fn agent(&self, id: &AgentId) -> BackendResult<Option<AgentRecord>> {
@@ -267,6 +311,22 @@ impl RoutingStore for DynamoIngestStore {
             .iter()
             .map(agent_record)
             .collect()
+    }
+
+    async fn available_agents(&self) -> BackendResult<Vec<AgentRecord>> {
+        let items = self
+            .query_gsi("dynamodb query available agents", (AVAILABLE_GSI, "gsi2pk"), AVAILABLE_GSI_PK.into(), None)
+            .await?;
+        let mut available = Vec::with_capacity(items.len());
+        for item in &items {
+            let record = agent_record(item)?;
+            // The index key and the state are one item version; this only guards against a
+            // hand-edited item.
+            if record.state.can_take_offer(record.agent.capacity) {
+                available.push(record);
+            }
+        }
+        Ok(available)
     }
 
     async fn put_queue(&self, queue: &EmailQueue) -> BackendResult<()> {
@@ -493,6 +553,35 @@ mod tests {
         i.state = InteractionState::Ended;
         i.routing.agent = None;
         assert_eq!(interaction_index(&i), None);
+    }
+
+    #[test]
+    fn only_agents_who_can_take_an_offer_are_in_the_available_index() {
+        let since = at("2026-01-01T09:00:00Z");
+        let agent = Agent {
+            id: AgentId::parse("ana").unwrap(),
+            name: "Ana".into(),
+            email: crate::domain::ids::EmailAddress::parse("ana@example.com").unwrap(),
+            queues: vec![QueueName::parse("support").unwrap()],
+            capacity: 2,
+            role: crate::domain::agent::Role::Agent,
+        };
+        let mut record = AgentRecord { agent, state: AgentState::new(since) };
+        let indexed = |r: &AgentRecord| {
+            let item = agent_item(r, 1).unwrap();
+            assert_eq!(item.contains_key("gsi2pk"), item.contains_key("gsi2sk"));
+            item.get("gsi2sk").map(|v| v.as_s().unwrap().clone())
+        };
+        assert_eq!(indexed(&record), None, "working offline");
+        record.state.presence = crate::domain::presence::Presence::Available;
+        assert_eq!(indexed(&record).as_deref(), Some("2026-01-01T09:00:00.000000Z#ana"), "longest idle sorts first");
+        record.state.active = 1;
+        assert!(indexed(&record).is_some(), "below capacity");
+        record.state.active = 2;
+        assert_eq!(indexed(&record), None, "at capacity");
+        record.state.active = 0;
+        record.state.pending_offer = Some(interaction(1, 5, "2026-01-01T10:00:00Z").id);
+        assert_eq!(indexed(&record), None, "an offer is pending");
     }
 
     #[test]
