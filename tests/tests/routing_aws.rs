@@ -7,14 +7,14 @@ use mailroom_tests::aws::moto;
 use mailroom_tests::routing::{self, Storm};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrency_storm_20_workers_100_agents() {
+async fn concurrency_storm_20_workers_100_agents_2000_emails() {
     let Some(m) = moto().await else { return };
     let started = Instant::now();
-    // moto is one Python process whose queries scan the whole table, so here agents look at their
-    // offers every 4-8 s instead of every 10-50 ms (which would only measure moto), with a time-out
-    // that leaves them time to answer, and the storm has 300 emails unless
-    // MAILROOM_MOTO_STORM_EMAILS asks for more (2,000 take moto far longer than the test budget).
-    let emails = std::env::var("MAILROOM_MOTO_STORM_EMAILS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    // The storm in full. moto is one Python process (patched where it scanned or sorted
+    // whole tables and queues: infra/emulators/moto_server.py), so here agents look at their
+    // offers every 4-8 s instead of every 10-50 ms (which would only measure moto), with a
+    // time-out that leaves them time to answer. MAILROOM_MOTO_STORM_EMAILS sets another size.
+    let emails = std::env::var("MAILROOM_MOTO_STORM_EMAILS").ok().and_then(|v| v.parse().ok()).unwrap_or(2_000);
     let storm = Storm {
         emails,
         agent_pause_ms: (4_000, 8_000),
