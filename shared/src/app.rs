@@ -108,6 +108,9 @@ pub struct EmbeddedMailboxes {
     /// Ingest reading channels from the store (use it for every front door of the process).
     pub ingest: IngestService,
     pub channels: ChannelDirectory,
+    /// The channel store itself, for the outbound side ([`crate::adapters::outbound::StoredChannels`]),
+    /// which reads it at every send.
+    pub store: Arc<dyn crate::ports::channels::ChannelStore>,
     /// For `usecases::poll_mailbox::run_idle_loop`.
     pub poller: Arc<crate::usecases::poll_mailbox::MailboxPoller>,
     /// For the admin API's channel endpoints.
@@ -115,7 +118,8 @@ pub struct EmbeddedMailboxes {
 }
 
 /// Seeds the channel store from the config file (secret values given there go into the data
-/// directory's secret table) and builds ingest, the mailbox poller and channel administration
+/// directory's secret table; each channel's outgoing server from its `outbound` table, or from
+/// `[outbound.channels.<name>]` / `MAILROOM_OUTBOUND`) and builds ingest, the mailbox poller and channel administration
 /// on the embedded backend. Loopback and private addresses are allowed unless `[mailbox]`
 /// says otherwise: on one machine the operator is the admin.
 pub async fn embedded_mailboxes(config: &AppConfig, backend: &EmbeddedBackend) -> anyhow::Result<EmbeddedMailboxes> {
@@ -130,10 +134,11 @@ pub async fn embedded_mailboxes(config: &AppConfig, backend: &EmbeddedBackend) -
     let store = Arc::new(EmbeddedChannelStore::open(backend)?);
     let secrets = Arc::new(EmbeddedSecretStore::open(backend)?);
     let env = |name: &str| std::env::var(name).ok();
+    let seeds = config.channels_with_outbound(&config.outbound_settings(&env)?)?;
     seed_channels(
         store.as_ref(),
         secrets.as_ref(),
-        &config.channels,
+        &seeds,
         &env,
         SeedOptions { allow_secret_values: true },
         &SystemClock,
@@ -164,11 +169,11 @@ pub async fn embedded_mailboxes(config: &AppConfig, backend: &EmbeddedBackend) -
     let admin = Arc::new(ChannelAdmin {
         store: store.clone(),
         secrets,
-        state: store,
+        state: store.clone(),
         directory: channels.clone(),
         access,
         queues: config.queues.iter().map(|q| q.name.clone()).collect(),
         clock: Arc::new(SystemClock),
     });
-    Ok(EmbeddedMailboxes { ingest, channels, poller, admin })
+    Ok(EmbeddedMailboxes { ingest, channels, store, poller, admin })
 }

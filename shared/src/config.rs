@@ -50,9 +50,10 @@ pub struct AppConfig {
     /// How channels' IMAP/POP3 mailboxes are polled.
     #[serde(default)]
     pub mailbox: MailboxSettings,
-    /// Outgoing mail: each channel's outgoing server (`[outbound.channels.<name>]`, the internal
-    /// server unless set) and the attachment limits (`[outbound.attachments]`). When absent, the
-    /// `MAILROOM_OUTBOUND` environment variable (same shape) is used.
+    /// Outgoing mail: the attachment limits (`[outbound.attachments]`) and, the older way, the
+    /// outgoing server of channels that have no `outbound` table of their own
+    /// (`[outbound.channels.<name>]`). When absent, the `MAILROOM_OUTBOUND` environment variable
+    /// (same shape) is used. See [`AppConfig::channels_with_outbound`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound: Option<crate::adapters::outbound::OutboundConfig>,
 }
@@ -196,6 +197,9 @@ impl AppConfig {
             if let Some(m) = &c.mailbox {
                 m.validate().map_err(|e| invalid(format!("channels.{}.{}", c.name, e.field), e.problem))?;
             }
+            c.outbound
+                .validate()
+                .map_err(|e| invalid(format!("channels.{}.outbound.{}", c.name, e.field), e.problem))?;
             let script = EmailScript::compile(&c.script)
                 .map_err(|e| invalid(format!("channels.{}.script", c.name), e.to_string()))?;
             for q in script.queues() {
@@ -213,13 +217,14 @@ impl AppConfig {
 
 impl AppConfig {
     fn validate_outbound(&self, outbound: &crate::adapters::outbound::OutboundConfig) -> Result<(), ConfigError> {
-        for name in outbound.channels.keys() {
+        for (name, settings) in &outbound.channels {
             if !self.channels.iter().any(|c| &c.name == name) {
                 return Err(invalid(
                     format!("outbound.channels.{name}"),
                     "there is no channel with this name under [[channels]]",
                 ));
             }
+            settings.validate().map_err(|e| invalid(format!("outbound.channels.{name}.{}", e.field), e.problem))?;
         }
         let limits = outbound.attachments;
         if limits.max_count == 0 || limits.max_file_bytes == 0 || limits.max_total_bytes < limits.max_file_bytes {
@@ -229,6 +234,62 @@ impl AppConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl AppConfig {
+    /// The outgoing settings: the `[outbound]` section, else the `MAILROOM_OUTBOUND` variable
+    /// (read through `env`), else the defaults.
+    pub fn outbound_settings(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::adapters::outbound::OutboundConfig, ConfigError> {
+        use crate::adapters::outbound::OutboundConfig;
+        if let Some(section) = &self.outbound {
+            return Ok(section.clone());
+        }
+        match env(OutboundConfig::ENV_VAR) {
+            Some(text) if !text.trim().is_empty() => {
+                let settings = OutboundConfig::parse(&text, OutboundConfig::ENV_VAR)?;
+                self.validate_outbound(&settings)?;
+                Ok(settings)
+            }
+            _ => Ok(OutboundConfig::default()),
+        }
+    }
+
+    /// The channels as seeding writes them into the channel store, each with its outgoing side.
+    ///
+    /// Precedence: a channel's own `outbound` table (`[channels.outbound]`, `"outbound": {...}`)
+    /// is the way to set it. A channel without one takes its `[outbound.channels.<name>]` entry
+    /// (or `MAILROOM_OUTBOUND`'s), the older way, which still works. Both set, differently, is an
+    /// error naming the channel's setting; a channel with neither sends through the internal
+    /// server.
+    pub fn channels_with_outbound(
+        &self,
+        outbound: &crate::adapters::outbound::OutboundConfig,
+    ) -> Result<Vec<Channel>, ConfigError> {
+        self.channels
+            .iter()
+            .map(|c| {
+                let mut channel = c.clone();
+                match outbound.channels.get(&c.name) {
+                    Some(older) if c.outbound.is_default() => channel.outbound = older.clone(),
+                    Some(older) if *older != c.outbound => {
+                        return Err(invalid(
+                            format!("channels.{}.outbound", c.name),
+                            format!(
+                                "the outgoing server is also set, differently, under outbound.channels.{} (or {}); keep the channel's own outbound table only",
+                                c.name,
+                                crate::adapters::outbound::OutboundConfig::ENV_VAR
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+                Ok(channel)
+            })
+            .collect()
     }
 }
 
@@ -339,6 +400,38 @@ mod tests {
         let err =
             AppConfig::parse(&format!("{base}[outbound.channels.sales]\nagent_accounts = true\n"), "test").unwrap_err();
         assert!(err.to_string().contains("outbound.channels.sales"), "{err}");
+    }
+
+    #[test]
+    fn a_channels_own_outbound_table_comes_first_and_the_older_section_still_seeds() {
+        let base = "[[channels]]\nname = \"support\"\naddress = \"support@example.com\"\ndefault_queue = \"support\"\n[[channels]]\nname = \"sales\"\naddress = \"sales@example.com\"\ndefault_queue = \"support\"\n[channels.outbound]\nserver = { kind = \"smtp\", host = \"smtp.example.com\", port = 465, security = \"tls\" }\n[[queues]]\nname = \"support\"\n";
+        let older = "[outbound.channels.support]\nagent_accounts = true\n";
+        let no_env = |_: &str| None;
+        let c = AppConfig::parse(&format!("{base}{older}"), "test").unwrap();
+        let seeded = c.channels_with_outbound(&c.outbound_settings(&no_env).unwrap()).unwrap();
+        assert!(seeded[0].outbound.agent_accounts, "support takes [outbound.channels.support]");
+        assert!(matches!(seeded[1].outbound.server, crate::domain::outbound::OutgoingServer::Smtp { .. }));
+
+        // Without an [outbound] section, MAILROOM_OUTBOUND is read (and checked) instead.
+        let c = AppConfig::parse(base, "test").unwrap();
+        let env = |name: &str| {
+            (name == "MAILROOM_OUTBOUND").then(|| r#"{"channels":{"support":{"agent_accounts":true}}}"#.to_owned())
+        };
+        let seeded = c.channels_with_outbound(&c.outbound_settings(&env).unwrap()).unwrap();
+        assert!(seeded[0].outbound.agent_accounts);
+        let unknown = |_: &str| Some(r#"{"channels":{"nope":{}}}"#.to_owned());
+        let err = c.outbound_settings(&unknown).unwrap_err();
+        assert!(err.to_string().contains("outbound.channels.nope"), "{err}");
+
+        // The same channel set both ways, differently: refused, naming the channel's own setting.
+        let both = format!("{base}[outbound.channels.sales]\nagent_accounts = true\n");
+        let c = AppConfig::parse(&both, "test").unwrap();
+        let err = c.channels_with_outbound(&c.outbound_settings(&no_env).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("channels.sales.outbound"), "{err}");
+
+        let zero = base.replace("port = 465", "port = 0");
+        let err = AppConfig::parse(&zero, "test").unwrap_err();
+        assert!(err.to_string().contains("channels.sales.outbound.server.port"), "{err}");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mailroom::adapters::channels::EmbeddedChannelStore;
 use mailroom::adapters::embedded::{EmbeddedBackend, EmbeddedQueue};
-use mailroom::adapters::outbound::{EmbeddedOutboundStore, LettreRenderer, RouteSender, SmtpSender, StaticChannels};
+use mailroom::adapters::outbound::{EmbeddedOutboundStore, LettreRenderer, RouteSender, SmtpSender, StoredChannels};
 use mailroom::adapters::secrets::MemorySecretStore;
 use mailroom::app::embedded_ingest_service;
 use mailroom::config::AppConfig;
@@ -20,6 +21,7 @@ use mailroom::domain::interaction::InteractionState;
 use mailroom::domain::journal::Source;
 use mailroom::domain::outbound::{ChannelOutbound, HostName, OutgoingServer, SecretKey, SmtpSecurity, SmtpServer};
 use mailroom::ports::SystemClock;
+use mailroom::ports::channels::{ChannelStore, StoredChannel};
 use mailroom::ports::outbound::MailSender;
 use mailroom::ports::routing::RoutingStore;
 use mailroom::ports::secrets::SecretStore;
@@ -128,6 +130,8 @@ pub struct OutboundWorld {
     pub profiles: ProfileService,
     pub worker: SendWorker,
     pub records: Arc<EmbeddedOutboundStore>,
+    /// The channels, as the admin API keeps them: the send path reads them at every send.
+    pub channels: Arc<EmbeddedChannelStore>,
     pub secrets: Arc<MemorySecretStore>,
     pub send_queue: Arc<EmbeddedQueue>,
     pub dead_letters: Arc<EmbeddedQueue>,
@@ -143,9 +147,10 @@ pub fn support_channel(server: OutgoingServer) -> BTreeMap<mailroom::domain::ids
 }
 
 impl OutboundWorld {
-    /// The built-in demo configuration with `outbound` settings, sending through `sender`.
-    /// Retries come back at once (no delay), so a test can drain the queue.
-    pub fn new(
+    /// The built-in demo configuration with `outbound` settings (each channel's outgoing side,
+    /// written into the channel store), sending through `sender`. Retries come back at once (no
+    /// delay), so a test can drain the queue.
+    pub async fn new(
         outbound: BTreeMap<mailroom::domain::ids::ChannelName, ChannelOutbound>,
         sender: Arc<dyn MailSender>,
     ) -> Self {
@@ -155,7 +160,22 @@ impl OutboundWorld {
         let ingest = embedded_ingest_service(&config, &backend).expect("ingest service");
         let records = Arc::new(EmbeddedOutboundStore::open(&backend).expect("outbound store"));
         let secrets = Arc::new(MemorySecretStore::default());
-        let channels = StaticChannels::new(&config.channels, &outbound);
+        let channel_store = Arc::new(EmbeddedChannelStore::open(&backend).expect("channel store"));
+        for (position, configured) in config.channels.iter().enumerate() {
+            let mut channel = configured.clone();
+            if let Some(o) = outbound.get(&channel.name) {
+                channel.outbound = o.clone();
+            }
+            let record = StoredChannel {
+                channel,
+                version: 0,
+                position: position as u64,
+                seed: None,
+                updated_at: chrono::Utc::now(),
+            };
+            channel_store.put(&record, None).await.expect("channel");
+        }
+        let channels = StoredChannels::new(channel_store.clone());
         let send_queue = Arc::new(backend.queue(SEND_QUEUE, 10));
         let dead_letters = Arc::new(backend.dead_letter_queue(SEND_QUEUE));
         let raw_store = Arc::new(backend.clone());
@@ -199,6 +219,7 @@ impl OutboundWorld {
             profiles,
             worker,
             records,
+            channels: channel_store,
             secrets,
             send_queue,
             dead_letters,
@@ -206,9 +227,12 @@ impl OutboundWorld {
     }
 
     /// A world whose SMTP routes go to `sink` (no SES).
-    pub fn with_sink(sink: &Sink, outbound: BTreeMap<mailroom::domain::ids::ChannelName, ChannelOutbound>) -> Self {
+    pub async fn with_sink(
+        sink: &Sink,
+        outbound: BTreeMap<mailroom::domain::ids::ChannelName, ChannelOutbound>,
+    ) -> Self {
         let sender = RouteSender { ses: None, smtp: Arc::new(sink.sender()) };
-        Self::new(outbound, Arc::new(sender))
+        Self::new(outbound, Arc::new(sender)).await
     }
 
     pub fn agent(&self, id: &str) -> Agent {

@@ -53,6 +53,7 @@ fn input(name: &str, password: Option<&str>, confirmation: Option<&str>) -> Chan
             },
             after_fetch: Some("mark_seen".into()),
         }),
+        outbound: None,
     }
 }
 
@@ -223,4 +224,59 @@ async fn updates_keep_secrets_check_versions_and_reach_ingest_at_once() {
     let out = app.ingest.ingest(InboundEmail::new(raw.clone(), Source::Smtp)).await.unwrap();
     assert_eq!(out.disposition(), Disposition::Quarantined);
     assert!(out.reason().contains("channel web is disabled"), "{}", out.reason());
+}
+
+#[tokio::test]
+async fn the_outgoing_server_is_seeded_from_the_config_and_an_admins_choice_survives_restarts() {
+    use mailroom::domain::outbound::OutgoingServer;
+    use mailroom::usecases::channel_admin::{OutboundInput, ServerInput};
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::open(dir.path()).unwrap();
+    let server = |app: &mailroom::app::EmbeddedMailboxes, name: &str| {
+        let store = app.store.clone();
+        let name = mailroom::domain::ids::ChannelName::parse(name).unwrap();
+        async move { store.get(&name).await.unwrap().unwrap().channel.outbound }
+    };
+
+    // Started before channels carried their outgoing side (then it came from
+    // [outbound.channels.<name>] at each start): an admin disabled `sales` meanwhile.
+    let first = embedded_mailboxes(&AppConfig::parse(CONFIG, "t").unwrap(), &backend).await.unwrap();
+    first.admin.set_enabled("sales", false).await.unwrap();
+    assert_eq!(server(&first, "sales").await.server, OutgoingServer::Internal);
+    // The same entries with an [outbound.channels.sales] section: its server is taken into the
+    // store, and the admin's change stays.
+    let older = format!(
+        "{CONFIG}\n[outbound.channels.sales]\nagent_accounts = true\nserver = {{ kind = \"smtp\", host = \"smtp.example.com\", port = 587, security = \"starttls\" }}\n"
+    );
+    let second = embedded_mailboxes(&AppConfig::parse(&older, "t").unwrap(), &backend).await.unwrap();
+    let sales = second.admin.get("sales").await.unwrap();
+    assert!(!sales.enabled, "the admin's change is kept");
+    assert!(matches!(server(&second, "sales").await.server, OutgoingServer::Smtp { .. }));
+    assert!(server(&second, "sales").await.agent_accounts);
+
+    // An admin picks the internal server through the API; restarts with the same file keep it.
+    let internal = OutboundInput {
+        server: ServerInput { kind: "internal".into(), host: None, port: None, security: None, login: None },
+        agent_accounts: false,
+    };
+    second.admin.set_outbound("sales", internal, Some(sales.version)).await.unwrap();
+    let third = embedded_mailboxes(&AppConfig::parse(&older, "t").unwrap(), &backend).await.unwrap();
+    assert_eq!(server(&third, "sales").await.server, OutgoingServer::Internal, "survives a restart");
+    // The file's entry changes (now as the channel's own outbound table): applied again.
+    let own = CONFIG.replace(
+        "[channels.mailbox]",
+        "[channels.outbound]\nserver = { kind = \"smtp\", host = \"smtp.example.com\", port = 465, security = \"tls\" }\n[channels.mailbox]",
+    );
+    let fourth = embedded_mailboxes(&AppConfig::parse(&own, "t").unwrap(), &backend).await.unwrap();
+    let OutgoingServer::Smtp { server: smtp, .. } = server(&fourth, "sales").await.server else {
+        panic!("the file's entry wins once it changes")
+    };
+    assert_eq!(smtp.port, 465);
+    assert_eq!(server(&fourth, "support").await.server, OutgoingServer::Internal, "other channels untouched");
+
+    // Both ways at once, differently: start-up fails naming the channel's own setting.
+    let both = format!("{own}\n[outbound.channels.sales]\nagent_accounts = true\n");
+    let err = embedded_mailboxes(&AppConfig::parse(&both, "t").unwrap(), &backend).await.err().unwrap();
+    assert!(format!("{err:#}").contains("channels.sales.outbound"), "{err:#}");
 }

@@ -13,6 +13,7 @@ use mailroom::domain::mailbox::{
     AfterFetch, ChannelHealth, ImapCursor, IncomingMailbox, MailHost, MailProtocol, MailboxAuth, MailboxUser,
     RunCounts, SecretName, SecretRef,
 };
+use mailroom::domain::outbound::{ChannelOutbound, HostName, OutgoingServer, SmtpLogin, SmtpSecurity, SmtpServer};
 use mailroom::ports::BackendError;
 use mailroom::ports::channels::{ChannelStore, StoredChannel};
 use mailroom::ports::mailbox::MailboxStateStore;
@@ -43,7 +44,19 @@ fn record(name: &str, position: u64) -> StoredChannel {
 
 async fn contract(s: Stores) {
     // Channels: create, conflicting create, optimistic update, order, refusal of secret values.
-    let sales = record("sales", 2);
+    // `sales` sends through its own SMTP server, `support` through the internal one.
+    let mut sales = record("sales", 2);
+    sales.channel.outbound = ChannelOutbound {
+        server: OutgoingServer::Smtp {
+            server: SmtpServer {
+                host: HostName::parse("smtp.example.com").unwrap(),
+                port: 465,
+                security: SmtpSecurity::Tls,
+            },
+            login: Some(SmtpLogin::parse("sales-desk").unwrap()),
+        },
+        agent_accounts: true,
+    };
     assert_eq!(s.channels.put(&sales, None).await.unwrap(), 1);
     assert!(matches!(s.channels.put(&sales, None).await, Err(BackendError::Conflict { .. })));
     let support = StoredChannel { seed: Some("abc".into()), ..record("support", 1) };
@@ -54,6 +67,14 @@ async fn contract(s: Stores) {
     assert!(matches!(s.channels.put(&changed, Some(1)).await, Err(BackendError::Conflict { .. })), "stale version");
     let got = s.channels.get(&sales.channel.name).await.unwrap().unwrap();
     assert_eq!((got.version, got.channel.enabled, &got.channel.mailbox), (2, false, &sales.channel.mailbox));
+    assert_eq!(got.channel.outbound, sales.channel.outbound, "the outgoing side round-trips");
+    let listed = s.channels.list().await.unwrap();
+    assert!(listed.iter().all(|r| r.channel.outbound
+        == if r.channel.name == sales.channel.name {
+            sales.channel.outbound.clone()
+        } else {
+            ChannelOutbound::default()
+        }));
     assert_eq!(s.channels.get(&support.channel.name).await.unwrap().unwrap().seed.as_deref(), Some("abc"));
     assert!(s.channels.get(&ChannelName::parse("nope").unwrap()).await.unwrap().is_none());
     let names: Vec<String> = s.channels.list().await.unwrap().iter().map(|r| r.channel.name.to_string()).collect();

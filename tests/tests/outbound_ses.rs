@@ -73,7 +73,7 @@ async fn reply_through_ses_arrives_as_sent_and_threads_back() {
         ses: Some(Arc::new(SesSender::new(ses))),
         smtp: Arc::new(SmtpSender::new(None, std::time::Duration::from_secs(5)).unwrap()),
     };
-    let w = OutboundWorld::new(support_channel(OutgoingServer::Internal), Arc::new(sender));
+    let w = OutboundWorld::new(support_channel(OutgoingServer::Internal), Arc::new(sender)).await;
     let ana = w.agent("ana");
     let id = w.customer_writes("customer-question.eml", "ana").await;
     let queued = w
@@ -126,7 +126,7 @@ async fn sending_as_an_agent_off_the_channel_domain_is_refused_for_ses() {
         ses: Some(Arc::new(SesSender::new(ses))),
         smtp: Arc::new(SmtpSender::new(None, std::time::Duration::from_secs(5)).unwrap()),
     };
-    let w = OutboundWorld::new(support_channel(OutgoingServer::Internal), Arc::new(sender));
+    let w = OutboundWorld::new(support_channel(OutgoingServer::Internal), Arc::new(sender)).await;
     let ana = w.agent("ana");
     // SES signs for the channel's verified domain only.
     let id = w.customer_writes("customer-question.eml", "ana").await;

@@ -32,7 +32,7 @@ fn smtp(sink: &Sink, security: SmtpSecurity) -> OutgoingServer {
 /// A world sending for channel `support` through the sink's STARTTLS port with the channel's
 /// account (`support@example.com`).
 async fn world(sink: &Sink, security: SmtpSecurity) -> OutboundWorld {
-    let w = OutboundWorld::with_sink(sink, support_channel(smtp(sink, security)));
+    let w = OutboundWorld::with_sink(sink, support_channel(smtp(sink, security))).await;
     w.set_secret(SecretKey::ChannelSmtpPassword(support()), "support-secret").await;
     w
 }
@@ -521,7 +521,7 @@ async fn new_email_opens_an_interaction_and_follow_ups_join_it() {
 #[tokio::test]
 async fn test_email_reports_no_password_wrong_password_and_success() {
     let Some(sink) = sink() else { return };
-    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Starttls)));
+    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Starttls))).await;
     let ana = w.agent("ana");
     let support = support();
     w.profiles
@@ -571,7 +571,7 @@ async fn test_email_reports_no_password_wrong_password_and_success() {
 #[tokio::test]
 async fn a_wrong_channel_password_parks_the_message_until_it_is_fixed() {
     let Some(sink) = sink() else { return };
-    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Starttls)));
+    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Starttls))).await;
     w.set_secret(SecretKey::ChannelSmtpPassword(support()), "not-the-password").await;
     let ana = w.agent("ana");
     let id = w.customer_writes("customer-question.eml", "ana").await;
@@ -591,7 +591,7 @@ async fn a_wrong_channel_password_parks_the_message_until_it_is_fixed() {
 #[tokio::test]
 async fn channel_test_connection_reports_success_or_the_exact_failure() {
     let Some(sink) = sink() else { return };
-    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Tls)));
+    let w = OutboundWorld::with_sink(&sink, support_channel(smtp(&sink, SmtpSecurity::Tls))).await;
     let sender = mailroom::adapters::outbound::RouteSender { ses: None, smtp: std::sync::Arc::new(sink.sender()) };
     let check = || async {
         check_channel_connection(w.outbound.channels.as_ref(), w.secrets.as_ref(), &sender, &support()).await.unwrap()
@@ -605,4 +605,122 @@ async fn channel_test_connection_reports_success_or_the_exact_failure() {
     let report = check().await;
     assert!(report.ok, "{report:?}");
     assert!(report.server.ends_with("(TLS)"), "{report:?}");
+}
+
+/// A channel created through the admin API (over HTTP, as `mailroom serve` serves it) sends
+/// through its own SMTP server at once, without a restart; a change of server applies to the next
+/// send, mail already queued included.
+#[tokio::test]
+async fn a_channel_created_through_the_admin_api_sends_through_its_smtp_server_at_once() {
+    use std::sync::Arc;
+
+    use mailroom::adapters::embedded::EmbeddedBackend;
+    use mailroom::adapters::outbound::{EmbeddedOutbound, StoredChannels};
+    use mailroom::api::auth::{Authenticator, mint_local_token};
+    use mailroom::config::AppConfig;
+    use mailroom::domain::agent::Role;
+    use mailroom::domain::ids::AgentId;
+    use serde_json::{Value, json};
+
+    let Some(sink) = sink() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let backend = EmbeddedBackend::open(dir.path()).unwrap();
+    let config = AppConfig::demo();
+    let routing = mailroom::app::embedded_routing_service(&backend);
+    routing.seed(&config.agents, &config.queues).await.unwrap();
+    let mailboxes = mailroom::app::embedded_mailboxes(&config, &backend).await.unwrap();
+    let mail = EmbeddedOutbound::build(
+        &backend,
+        StoredChannels::new(mailboxes.store.clone()),
+        Default::default(),
+        mailboxes.admin.secrets.clone(),
+        sink.sender(),
+        None,
+    )
+    .unwrap();
+    const KEY: &[u8] = b"outbound admin test key, at least 32 bytes";
+    let auth = Arc::new(Authenticator::local(KEY));
+    let modules = vec![
+        mailroom::api::channels::module(mailboxes.admin.clone(), auth.clone()),
+        mailroom::api::mail::module(Arc::new(mail.outbound), Arc::new(mail.profiles), routing.clone(), auth.clone()),
+    ];
+    let app = mailroom::api::router(mailroom::api::AppState { routing, auth, handoff: None }, modules);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, who: (&str, Role), body: Option<Value>| {
+        let token = mint_local_token(KEY, &AgentId::parse(who.0).unwrap(), who.1, chrono::Duration::minutes(5));
+        let mut request = http.request(method, format!("{base}{path}")).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            assert!(!text.contains("sales-secret"), "a password came back: {text}");
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+        }
+    };
+    let (ada, ana) = (("ada", Role::Admin), ("ana", Role::Agent));
+
+    // The admin creates `sales` with the sink's STARTTLS port and sets its password.
+    let create = json!({ "name": "sales", "address": "sales@example.com", "default_queue": "support",
+        "outbound": { "server": { "kind": "smtp", "host": sink.host, "port": sink.starttls_port, "security": "starttls" } } });
+    let (status, created) = call(reqwest::Method::POST, "/v1/admin/channels", ada, Some(create)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["outbound"]["password_set"], json!(false), "{created}");
+    let (status, _) = call(
+        reqwest::Method::PUT,
+        "/v1/admin/channels/sales/outgoing/password",
+        ada,
+        Some(json!({ "password": "sales-secret" })),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, report) = call(reqwest::Method::POST, "/v1/admin/channels/sales/test-outgoing", ada, None).await;
+    assert_eq!((status, &report["ok"]), (200, &json!(true)), "{report}");
+
+    // Ana writes from it at once: the message leaves through the sink, signed in as the channel.
+    let new =
+        json!({ "channel": "sales", "to": ["bob@example.org"], "subject": "Your quote", "text": "Attached soon." });
+    let (status, queued) = call(reqwest::Method::POST, "/v1/emails", ana, Some(new)).await;
+    assert_eq!(status, 202, "{queued}");
+    mail.worker.step(10, std::time::Duration::ZERO).await.unwrap();
+    let first = sink.the_message(queued["message_id"].as_str().unwrap());
+    assert_eq!(
+        (first.envelope.listener.as_str(), first.envelope.auth_login.as_deref(), first.envelope.mail_from.as_str()),
+        ("starttls", Some("sales@example.com"), "sales@example.com")
+    );
+    let message = parse(&first.raw);
+    assert_eq!(addresses(message.from()), ["sales@example.com"]);
+
+    // A follow-up is queued; then the admin moves the channel to implicit TLS. The queued message
+    // goes out with the new settings.
+    let id = queued["interaction_id"].as_str().unwrap();
+    let (status, follow) = call(
+        reqwest::Method::POST,
+        &format!("/v1/interactions/{id}/follow-ups"),
+        ana,
+        Some(json!({ "text": "Did you get it?" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{follow}");
+    let (_, outgoing) = call(reqwest::Method::GET, "/v1/admin/channels/sales/outgoing", ada, None).await;
+    assert_eq!(outgoing["password_set"], json!(true), "{outgoing}");
+    let version = outgoing["version"].as_u64().unwrap();
+    let tls = json!({ "server": { "kind": "smtp", "host": sink.host, "port": sink.tls_port, "security": "tls" } });
+    let path = format!("/v1/admin/channels/sales/outgoing?version={version}");
+    let (status, changed) = call(reqwest::Method::PUT, &path, ada, Some(tls.clone())).await;
+    assert_eq!(status, 200, "{changed}");
+    let (status, _) = call(reqwest::Method::PUT, &path, ada, Some(tls)).await;
+    assert_eq!(status, 409, "the version moved on");
+    mail.worker.step(10, std::time::Duration::ZERO).await.unwrap();
+    let second = sink.the_message(follow["message_id"].as_str().unwrap());
+    assert_eq!(
+        (second.envelope.listener.as_str(), second.envelope.auth_login.as_deref()),
+        ("tls", Some("sales@example.com"))
+    );
+    server.abort();
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README walkthrough: outgoing mail through the agent API with curl, to the SMTP sink.
 #
-# A channel (`support`) with its own SMTP server (the sink, STARTTLS); a customer's email is accepted,
-# replied to, forwarded, transferred, ended; then a follow-up and a new email. Every message must arrive
+# The admin gives a channel (`support`) its own SMTP server (the sink, STARTTLS) through the admin API while
+# `mailroom serve` runs; a customer's email is accepted, replied to, forwarded, transferred, ended; then a
+# follow-up and a new email. Every message must arrive
 # at the sink well formed (checked with Python's `email` package), and the customer's answer to the reply
 # must thread back into the same interaction.
 #
@@ -74,17 +75,10 @@ fi
 [[ -f $MAILROOM_TEST_SMTP_CA ]] || fail "no sink CA at $MAILROOM_TEST_SMTP_CA"
 echo "sink: localhost:$MAILROOM_TEST_SMTP_STARTTLS_PORT (STARTTLS), mail in $MAILROOM_TEST_SMTP_MAILDIR"
 
-step "1. the configuration: the demo's channels, queues and agents, plus the channel's own SMTP server"
+step "1. the configuration: the demo's channels, queues and agents (support sends through the internal server)"
 rm -rf "$DATA" "$LOG" "$CONFIG" "$WORK"
 mkdir -p "$DATA" "$WORK"
 "$MAILROOM" config >"$CONFIG"
-cat >>"$CONFIG" <<EOF
-
-[outbound.channels.support]
-server = { kind = "smtp", host = "localhost", port = $MAILROOM_TEST_SMTP_STARTTLS_PORT, security = "starttls" }  # login defaults to the channel address
-agent_accounts = true   # agents may also send as themselves with their own login (profile)
-EOF
-tail -n 4 "$CONFIG"
 MR=("$MAILROOM" --config "$CONFIG" --data-dir "$DATA")
 # The sink keeps every message it ever got (other tests and earlier runs too): only newer files count.
 (cd "$MAILROOM_TEST_SMTP_MAILDIR" && ls) >"$WORK/sink-before.txt"
@@ -109,11 +103,33 @@ mapfile -t A_ADA < <(auth "$ADA")
 mapfile -t A_ANA < <(auth "$ANA")
 mapfile -t A_BEN < <(auth "$BEN")
 
-step "2. the admin sets the channel's outgoing password (write-only) and tests the server"
+step "2. the admin gives the channel its own SMTP server (the sink), sets its password (write-only) and tests it"
+OUTGOING=$(call "$API/v1/admin/channels/support/outgoing" -H "Authorization: Bearer $ADA")
+echo "$OUTGOING"
+expect "$OUTGOING" '.server.kind == "internal" and .password_set == null' "support should start on the internal server"
+VERSION=$(jq -r .version <<<"$OUTGOING")
+# A mistake is a 400 naming the field; nothing is saved.
+BAD=$(curl -sS -w '\n%{http_code}' -X PUT "$API/v1/admin/channels/support/outgoing" "${A_ADA[@]}" \
+  -d '{"server": {"kind": "smtp", "host": "localhost", "port": 0, "security": "starttls"}}')
+echo "$BAD"
+[[ ${BAD##*$'\n'} == 400 ]] || fail "a port of 0 should be refused with 400: $BAD"
+expect "${BAD%$'\n'*}" '.error.field == "server.port"' "the 400 should name server.port"
+# The sink's STARTTLS port; the login defaults to the channel address. agent_accounts: agents may also send
+# as themselves with their own login (profile).
+SET=$(call -X PUT "$API/v1/admin/channels/support/outgoing?version=$VERSION" "${A_ADA[@]}" -d '{
+  "server": {"kind": "smtp", "host": "localhost", "port": '"$MAILROOM_TEST_SMTP_STARTTLS_PORT"', "security": "starttls"},
+  "agent_accounts": true}')
+echo "$SET"
+expect "$SET" ".server.kind == \"smtp\" and .server.port == $MAILROOM_TEST_SMTP_STARTTLS_PORT
+  and .server.login == \"support@example.com\" and .agent_accounts == true and .password_set == false
+  and .version == $((VERSION + 1))" "the SMTP server should be saved, with a new version"
+STALE=$(curl -sS -o /dev/null -w '%{http_code}' -X PUT "$API/v1/admin/channels/support/outgoing?version=$VERSION" \
+  "${A_ADA[@]}" -d '{"server": {"kind": "internal"}}')
+[[ $STALE == 409 ]] || fail "a change made on a stale version should be refused with 409, got $STALE"
 call -X PUT "$API/v1/admin/channels/support/outgoing/password" "${A_ADA[@]}" -d '{"password": "support-secret"}'
 OUTGOING=$(call "$API/v1/admin/channels/support/outgoing" -H "Authorization: Bearer $ADA")
 echo "$OUTGOING"
-expect "$OUTGOING" '.password_set == true' "the password should be set"
+expect "$OUTGOING" '.server.kind == "smtp" and .password_set == true' "the server and its password should be set"
 expect "$OUTGOING" 'tostring | contains("support-secret") | not' "the password must never be read back"
 TEST=$(call -X POST "$API/v1/admin/channels/support/test-outgoing" -H "Authorization: Bearer $ADA")
 echo "$TEST"
@@ -318,4 +334,5 @@ ENTRY=$(jq -c "select(.message_id == \"$ANSWER_MSGID\")" <<<"$JOURNAL")
 echo "$ENTRY"
 expect "$ENTRY" ".disposition == \"threaded\" and .interaction_id == \"$ID\"" "the journal should show the answer threaded into $ID"
 
-printf '\nOK: reply, forward, transfer, end, follow-up and new email went out well formed through the SMTP sink; the answer threaded back\n'
+printf '\nOK: %s\n' "the admin set the channel's SMTP server through the API; reply, forward, transfer, end, follow-up \
+and new email went out well formed through it; the answer threaded back"

@@ -15,7 +15,7 @@ use mailroom::adapters::aws::{SdkConfig, endpoint_overridden, sdk_config};
 use mailroom::adapters::channels::DynamoChannelStore;
 use mailroom::adapters::dataverse::{AwsHandoffSettings, aws_handoff_service};
 use mailroom::adapters::graph::{GraphConfig, aws_teams};
-use mailroom::adapters::outbound::{AwsSendParts, OutboundConfig, SendSettings, SmtpSender, StaticChannels};
+use mailroom::adapters::outbound::{AwsSendParts, SendSettings, SmtpSender, StoredChannels};
 use mailroom::adapters::secrets::SecretsManagerStore;
 use mailroom::api::auth::Authenticator;
 use mailroom::api::{ApiModule, AppState, router};
@@ -29,8 +29,6 @@ use mailroom::usecases::routing::RoutingService;
 
 /// The configuration (JSON or TOML) whose `agents` and `queues` are seeded at cold start.
 const CONFIG_VAR: &str = "MAILROOM_CONFIG";
-/// Outgoing servers per channel (JSON), when the configuration has no `[outbound]` section.
-const OUTBOUND_VAR: &str = "MAILROOM_OUTBOUND";
 /// The JWT claim that carries the caller's role (e.g. `custom:role` with Cognito).
 const ROLE_CLAIM_VAR: &str = "MAILROOM_JWT_ROLE_CLAIM";
 const DEFAULT_ROLE_CLAIM: &str = "role";
@@ -98,15 +96,16 @@ async fn init() -> anyhow::Result<axum::Router> {
         store: channels.clone(),
         secrets,
         state: channels.clone(),
-        directory: ChannelDirectory::stored(channels, Duration::from_secs(config.mailbox.channel_refresh_secs)),
+        directory: ChannelDirectory::stored(channels.clone(), Duration::from_secs(config.mailbox.channel_refresh_secs)),
         access,
         queues: config.queues.iter().map(|q| q.name.clone()).collect(),
         clock: Arc::new(SystemClock),
     });
     modules.push(mailroom::api::channels::module(admin, auth.clone()));
     // Mail: replies, forwards, new emails, follow-ups and profiles, composed here and sent by
-    // functions/send-mail from the SendQueue.
-    modules.push(mail_module(&sdk, &config, routing.clone(), auth.clone())?);
+    // functions/send-mail from the SendQueue. Both read each channel's outgoing side from the
+    // channel store at every use, so what an admin sets above applies at once.
+    modules.push(mail_module(&sdk, &config, StoredChannels::new(channels), routing.clone(), auth.clone())?);
     let state = AppState { routing, auth, handoff };
     Ok(gateway::with_verified_claims(router(state, modules)))
 }
@@ -125,24 +124,21 @@ fn handoff_settings() -> anyhow::Result<Option<AwsHandoffSettings>> {
     }))
 }
 
-/// The mail routes on AWS: the same records, queue and accounts as functions/send-mail.
+/// The mail routes on AWS: the same records, queue and accounts as functions/send-mail. The
+/// attachment limits come from `[outbound]` or `MAILROOM_OUTBOUND` (the `MailroomOutbound`
+/// parameter).
 fn mail_module(
     sdk: &SdkConfig,
     config: &AppConfig,
+    channels: Arc<StoredChannels>,
     routing: RoutingService,
     auth: Arc<Authenticator>,
 ) -> anyhow::Result<ApiModule> {
     let settings = SendSettings::from_env().context("reading the mail settings")?;
-    let outbound = match (&config.outbound, std::env::var(OUTBOUND_VAR)) {
-        (Some(c), _) => c.clone(),
-        (None, Ok(text)) if !text.trim().is_empty() => {
-            OutboundConfig::parse(&text, OUTBOUND_VAR).with_context(|| format!("reading {OUTBOUND_VAR}"))?
-        }
-        _ => OutboundConfig::default(),
-    };
+    let env = |name: &str| std::env::var(name).ok();
+    let outbound = config.outbound_settings(&env).context("reading the outbound settings")?;
     let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
     let parts = AwsSendParts::from_sdk_config(sdk, &settings, smtp, endpoint_overridden());
-    let channels = StaticChannels::new(&config.channels, &outbound.channels);
     let (compose, profiles) = parts.api_services(sdk, &settings.table, channels, outbound.attachments);
     Ok(mailroom::api::mail::module(Arc::new(compose), Arc::new(profiles), routing, auth))
 }

@@ -1,6 +1,7 @@
 //! Lambda `poll-mailbox`: run every minute by an EventBridge schedule (see `template.yaml`), it
 //! polls every enabled channel's IMAP/POP3 mailbox and ingests new mail. Wiring only: telemetry,
-//! typed settings, SDK clients, the channel store (seeded from `MAILROOM_CONFIG`), the secret
+//! typed settings, SDK clients, the channel store (seeded from `MAILROOM_CONFIG` and
+//! `MAILROOM_OUTBOUND`), the secret
 //! store and the poller are built once at INIT; the event handling lives in [`handler`].
 
 mod handler;
@@ -60,12 +61,17 @@ async fn init() -> anyhow::Result<Handler<MailboxPoller>> {
     let channels = Arc::new(DynamoChannelStore::from_sdk_config(&sdk, &settings.table));
     let secrets = Arc::new(SecretsManagerStore::from_sdk_config(&sdk, &poll_settings.secret_prefix));
 
-    // The config file's channels, applied when they changed; secrets only by name here.
+    // The config file's channels, applied when they changed; secrets only by name here. Each
+    // channel's outgoing server comes from its own `outbound` table, or from MAILROOM_OUTBOUND
+    // (the MailroomOutbound parameter); functions/send-mail and the agent API read it from here.
     let env = |name: &str| std::env::var(name).ok();
+    let seeds = config
+        .channels_with_outbound(&config.outbound_settings(&env).context("reading MAILROOM_OUTBOUND")?)
+        .with_context(|| format!("reading the channels of {CONFIG_VAR}"))?;
     seed_channels(
         channels.as_ref(),
         secrets.as_ref(),
-        &config.channels,
+        &seeds,
         &env,
         SeedOptions { allow_secret_values: false },
         &SystemClock,

@@ -65,13 +65,14 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
+    use mailroom::adapters::channels::MemoryChannelStore;
     use mailroom::adapters::memory::{MemoryRawStore, MemoryWorkQueue};
-    use mailroom::adapters::outbound::{MemoryOutboundStore, RecordingSender, StaticChannels};
+    use mailroom::adapters::outbound::{MemoryOutboundStore, RecordingSender, StoredChannels};
     use mailroom::adapters::secrets::MemorySecretStore;
-    use mailroom::domain::ids::{AgentId, ChannelName, EmailAddress, InteractionId, MessageId, QueueName};
-    use mailroom::domain::outbound::{
-        ChannelOutbound, DeliveryState, OutboundKind, OutboundRecord, SendAs, SendingChannel, ServerReply,
-    };
+    use mailroom::config::AppConfig;
+    use mailroom::domain::ids::{AgentId, ChannelName, EmailAddress, InteractionId, MessageId};
+    use mailroom::domain::outbound::{DeliveryState, OutboundKind, OutboundRecord, SendAs, ServerReply};
+    use mailroom::ports::channels::{ChannelStore, StoredChannel};
     use mailroom::ports::outbound::{OutboundStore, SendError};
     use mailroom::ports::{Clock, RawMailStore, SystemClock, WorkQueue};
     use mailroom::usecases::send_mail::RetryPolicy;
@@ -124,18 +125,17 @@ mod tests {
             .unwrap();
         let sender = Arc::new(RecordingSender::default());
         let dead_letters = Arc::new(MemoryWorkQueue::new("send-dlq", u32::MAX));
+        // The demo channel `support`, as the channel store holds it: the internal server (SES).
+        let channels = Arc::new(MemoryChannelStore::default());
+        let support = AppConfig::demo().channels[0].clone();
+        let record = StoredChannel { channel: support, version: 0, position: 0, seed: None, updated_at: now };
+        channels.put(&record, None).await.unwrap();
         let worker = SendWorker {
             outbound: records.clone(),
             raw_store: raw,
             profiles: records.clone(),
             secrets: Arc::new(MemorySecretStore::default()),
-            channels: StaticChannels::from_sending(vec![SendingChannel {
-                name: ChannelName::parse("support").unwrap(),
-                address: EmailAddress::parse("support@example.com").unwrap(),
-                display_name: None,
-                default_queue: QueueName::parse("support").unwrap(),
-                outbound: ChannelOutbound::default(),
-            }]),
+            channels: StoredChannels::new(channels),
             sender: sender.clone(),
             queue: Arc::new(MemoryWorkQueue::new("send", 10)),
             dead_letters: dead_letters.clone(),

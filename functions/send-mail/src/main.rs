@@ -10,17 +10,12 @@ use anyhow::Context;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{LambdaEvent, service_fn};
 use mailroom::adapters::aws::{endpoint_overridden, sdk_config};
-use mailroom::adapters::outbound::{AwsSendParts, OutboundConfig, SendSettings, SmtpSender, StaticChannels};
-use mailroom::config::AppConfig;
+use mailroom::adapters::channels::DynamoChannelStore;
+use mailroom::adapters::outbound::{AwsSendParts, SendSettings, SmtpSender, StoredChannels};
 use mailroom::ports::SystemClock;
 use mailroom::usecases::send_mail::{RetryPolicy, SendWorker};
 
 use crate::handler::Handler;
-
-/// Channels (JSON or TOML), as for the other functions.
-const CONFIG_VAR: &str = "MAILROOM_CONFIG";
-/// The channels' outgoing servers and the attachment limits (JSON or TOML).
-const OUTBOUND_VAR: &str = "MAILROOM_OUTBOUND";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -41,19 +36,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 
 async fn init() -> anyhow::Result<Handler> {
     let settings = SendSettings::from_env().context("reading the function's settings")?;
-    let config = match std::env::var(CONFIG_VAR) {
-        Ok(text) => AppConfig::parse(&text, CONFIG_VAR).with_context(|| format!("reading {CONFIG_VAR}"))?,
-        Err(_) => {
-            tracing::warn!("{CONFIG_VAR} is not set: using the built-in demo configuration");
-            AppConfig::demo()
-        }
-    };
-    let outbound = match std::env::var(OUTBOUND_VAR) {
-        Ok(text) if !text.trim().is_empty() => {
-            OutboundConfig::parse(&text, OUTBOUND_VAR).with_context(|| format!("reading {OUTBOUND_VAR}"))?
-        }
-        _ => OutboundConfig::default(),
-    };
     let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
     let sdk = sdk_config().await;
     let parts = AwsSendParts::from_sdk_config(&sdk, &settings, smtp, endpoint_overridden());
@@ -62,7 +44,10 @@ async fn init() -> anyhow::Result<Handler> {
         raw_store: parts.raw.clone(),
         profiles: parts.records.clone(),
         secrets: parts.secrets.clone(),
-        channels: StaticChannels::new(&config.channels, &outbound.channels),
+        // Each send reads its channel's outgoing side from the channel store (seeded from
+        // MailroomConfig and MailroomOutbound by functions/poll-mailbox, changed through the
+        // admin API), so a change applies to the next send without a cold start.
+        channels: StoredChannels::new(Arc::new(DynamoChannelStore::from_sdk_config(&sdk, &settings.table))),
         sender: parts.sender.clone(),
         queue: parts.queue.clone(),
         dead_letters: parts.dead_letters.clone(),

@@ -1,5 +1,6 @@
 //! The channel administration part of the admin API: list, read, create, update, disable and
-//! enable channels, and "test connection" for a channel's incoming server (IMAP or POP3).
+//! enable channels, "test connection" for a channel's incoming server (IMAP or POP3), and the
+//! channel's outgoing server (read and set; its password and "test outgoing" are in `api::mail`).
 //!
 //! Admin role only (403 otherwise). Passwords and client secrets are write-only: a password is
 //! entered twice (`password`, `password_confirmation`), stored in the secret store, and never
@@ -22,7 +23,9 @@ use super::auth::{Authenticator, Caller};
 use super::error::ApiError;
 use super::json::ValidJson;
 use super::openapi::ok as openapi_ok;
-use crate::usecases::channel_admin::{AdminError, ChannelAdmin, ChannelInput, ConnectionTestRequest, MailboxInput};
+use crate::usecases::channel_admin::{
+    AdminError, ChannelAdmin, ChannelInput, ConnectionTestRequest, MailboxInput, OutboundInput,
+};
 
 #[derive(Clone, FromRef)]
 pub struct ChannelsApiState {
@@ -40,6 +43,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/admin/channels/{name}/disable"),
     ("post", "/v1/admin/channels/{name}/enable"),
     ("post", "/v1/admin/channels/{name}/test-connection"),
+    ("get", "/v1/admin/channels/{name}/outgoing"),
+    ("put", "/v1/admin/channels/{name}/outgoing"),
 ];
 
 /// The channel admin module for `api::router`: `mailroom serve` passes the `ChannelAdmin` of
@@ -53,6 +58,7 @@ pub fn module(admin: Arc<ChannelAdmin>, auth: Arc<Authenticator>) -> ApiModule {
         .route("/v1/admin/channels/{name}/disable", post(disable))
         .route("/v1/admin/channels/{name}/enable", post(enable))
         .route("/v1/admin/channels/{name}/test-connection", post(test_saved))
+        .route("/v1/admin/channels/{name}/outgoing", get(outgoing).put(set_outgoing))
         .with_state(state);
     ApiModule { router, routes: ROUTES, openapi_paths: openapi_paths(), openapi_schemas: openapi_schemas() }
 }
@@ -205,6 +211,33 @@ async fn test_saved(
     Ok(Json(json!(s.admin.test_connection(request).await?)))
 }
 
+/// The outgoing server, the "override server configuration" flag, and whether the password is
+/// set (never the password).
+async fn outgoing(
+    State(s): State<ChannelsApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(json!(s.admin.outgoing(&name).await?)))
+}
+
+/// `{"server": {"kind": "internal"}}` or `{"server": {"kind": "smtp", "host": ..., "port": ...,
+/// "security": ..., "login": ...}, "agent_accounts": true}`; `?version=N` as for an update.
+async fn set_outgoing(
+    State(s): State<ChannelsApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    params: Result<Query<UpdateParams>, axum::extract::rejection::QueryRejection>,
+    body: Result<ValidJson<OutboundInput>, ApiError>,
+) -> Result<Json<Value>, ApiError> {
+    let input = admin_body(&caller, body)?;
+    let Query(p) = params.map_err(|e| ApiError::field("version", e.body_text()))?;
+    let view = s.admin.set_outbound(&name, input, p.version).await?;
+    tracing::info!(channel_id = %view.channel, agent_id = %caller.id, "channel outgoing server set through the admin API");
+    Ok(Json(json!(view)))
+}
+
 // ------------------------------------------------------------------ OpenAPI
 
 fn name_param() -> Value {
@@ -243,8 +276,7 @@ fn openapi_paths() -> Value {
             "get": { "summary": "One channel (admin)", "parameters": [name()], "responses": openapi_ok("Channel", "The channel") },
             "put": { "summary": "Replace a channel's settings (admin)",
                      "description": "The name cannot change. A password or client secret left out keeps its stored value; a new password must be typed twice. Pass the `version` of the view you edited to refuse (409) overwriting someone else's change.",
-                     "parameters": [name(), { "name": "version", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 },
-                                              "description": "The version you edited (from the channel's view)." }],
+                     "parameters": [name(), version()],
                      "requestBody": json_body("ChannelInput", true),
                      "responses": openapi_ok("Channel", "The channel as saved") } },
         "/v1/admin/channels/{name}/disable": { "post": {
@@ -257,7 +289,21 @@ fn openapi_paths() -> Value {
             "description": format!("{TEST_DESCRIPTION} Without a body the saved settings are tested; with `{{\"mailbox\": {{...}}}}`, edited settings (a secret left out is the saved one)."),
             "parameters": [name()], "requestBody": json_body("SavedConnectionTest", false),
             "responses": openapi_ok("ConnectionTestResult", "What the test found") } },
+        "/v1/admin/channels/{name}/outgoing": {
+            "get": { "summary": "A channel's outgoing server (admin); the password is write-only",
+                     "description": "`password_set` says whether the channel's SMTP password is stored (`null` for the internal server). Set the password with PUT /v1/admin/channels/{name}/outgoing/password; test the server with POST /v1/admin/channels/{name}/test-outgoing.",
+                     "parameters": [name()], "responses": openapi_ok("ChannelOutgoing", "The outgoing side") },
+            "put": { "summary": "Set a channel's outgoing server: internal, or a custom SMTP server (admin)",
+                     "description": "Applies to the next message sent, mail already queued included, without a restart. Pass the channel's `version` to refuse (409) overwriting someone else's change. The password is not part of it: set it with PUT .../outgoing/password (write-only). Mistakes are a 400 naming the field (`server.port`).",
+                     "parameters": [name(), version()],
+                     "requestBody": json_body("OutboundInput", true),
+                     "responses": openapi_ok("ChannelOutgoing", "The outgoing side as saved") } },
     })
+}
+
+fn version() -> Value {
+    json!({ "name": "version", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 },
+            "description": "The version you edited (from the channel's view)." })
 }
 
 fn openapi_schemas() -> Value {
@@ -268,6 +314,10 @@ fn openapi_schemas() -> Value {
         json!({ "type": "string", "enum": ["imap", "imap+starttls", "imaps", "pop3", "pop3+stls", "pop3s"] });
     let after_fetch = json!({ "type": "string", "enum": ["mark_seen", "delete"] });
     let write_only = json!({ "type": "string", "writeOnly": true });
+    let outgoing_server = json!({ "type": "object", "properties": {
+        "kind": { "type": "string", "enum": ["internal", "smtp"] }, "host": string, "port": { "type": "integer" },
+        "security": { "type": "string", "enum": ["starttls", "tls"] }, "login": string,
+        "login_is_default": { "type": "boolean" } } });
     json!({
         "ChannelInput": { "type": "object", "required": ["name", "address", "default_queue"], "additionalProperties": false, "properties": {
             "name": string, "address": { "type": "string", "format": "email" },
@@ -275,7 +325,24 @@ fn openapi_schemas() -> Value {
             "default_queue": string,
             "default_priority": { "type": "integer", "minimum": 1, "maximum": 10 },
             "script": { "type": "array", "items": { "type": "object" }, "description": "Routing rules, as in the config file." },
-            "mailbox": { "$ref": "#/components/schemas/MailboxInput" } } },
+            "mailbox": { "$ref": "#/components/schemas/MailboxInput" },
+            "outbound": { "$ref": "#/components/schemas/OutboundInput",
+                          "description": "The outgoing server. Left out: the internal server for a new channel; an update keeps the channel's." } } },
+        "OutboundInput": { "type": "object", "required": ["server"], "additionalProperties": false, "properties": {
+            "server": { "oneOf": [
+                { "type": "object", "required": ["kind"], "additionalProperties": false, "properties": { "kind": { "const": "internal" } },
+                  "description": "Amazon SES (locally: the outbox directory)." },
+                { "type": "object", "required": ["kind", "host", "security"], "additionalProperties": false, "properties": {
+                    "kind": { "const": "smtp" }, "host": string,
+                    "port": { "type": "integer", "minimum": 1, "maximum": 65535, "description": "Default: 587 for starttls, 465 for tls." },
+                    "security": { "type": "string", "enum": ["starttls", "tls"] },
+                    "login": { "type": "string", "description": "The channel's login on the server; default: the channel address." } } } ] },
+            "agent_accounts": { "type": "boolean", "default": false,
+                                "description": "Override server configuration: agents may send as their own workplace address with their own account." } } },
+        "ChannelOutgoing": { "type": "object", "properties": { "channel": string, "address": string,
+            "version": { "type": "integer", "description": "The channel's version: pass it as `version` with a change" },
+            "server": outgoing_server.clone(), "agent_accounts": { "type": "boolean" },
+            "password_set": { "type": ["boolean", "null"], "description": "Whether the SMTP password is stored; null for the internal server" } } },
         "MailboxInput": { "type": "object", "required": ["protocol", "host", "user", "auth"], "additionalProperties": false, "properties": {
             "protocol": protocols, "host": string,
             "port": { "type": "integer", "minimum": 1, "maximum": 65535, "description": "Default: 143, 993, 110 or 995 by protocol." },
@@ -295,6 +362,8 @@ fn openapi_schemas() -> Value {
                 "auth": { "type": "object", "properties": { "type": { "type": "string", "enum": ["normal", "oauth2"] },
                     "password_set": { "type": "boolean" }, "authority": string, "tenant": string, "client_id": string,
                     "client_secret_set": { "type": "boolean" } } } } }] },
+            "outbound": { "type": "object", "properties": { "server": outgoing_server, "agent_accounts": { "type": "boolean" },
+                "password_set": { "type": ["boolean", "null"] } } },
             "version": { "type": "integer", "description": "Pass as `version` with an update" },
             "health": { "oneOf": [{ "type": "null" }, { "type": "object", "properties": {
                 "status": { "type": "string", "enum": ["unknown", "healthy", "failing"] },
@@ -340,6 +409,7 @@ mod tests {
     struct Server {
         base: String,
         client: reqwest::Client,
+        admin: Arc<ChannelAdmin>,
         _dir: tempfile::TempDir,
         task: tokio::task::JoinHandle<()>,
     }
@@ -366,7 +436,7 @@ mod tests {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Server { base, client: reqwest::Client::new(), _dir: dir, task }
+        Server { base, client: reqwest::Client::new(), admin: mailboxes.admin.clone(), _dir: dir, task }
     }
 
     fn token(agent: &str, role: Role) -> String {
@@ -560,5 +630,122 @@ mod tests {
         );
         let (status, _) = s.call(Method::POST, "/v1/admin/channels/nope/test-connection", admin, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn admins_set_the_outgoing_server_with_versions_and_the_field_named() {
+        let s = serve().await;
+        let admin = Some(Role::Admin);
+        let path = "/v1/admin/channels/support/outgoing";
+        let smtp = json!({ "server": { "kind": "smtp", "host": "smtp.example.com", "port": 587, "security": "starttls" },
+                           "agent_accounts": true });
+
+        // Read: the internal server, no password to speak of.
+        let (status, outgoing) = s.call(Method::GET, path, admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{outgoing}");
+        assert_eq!(
+            (&outgoing["server"], &outgoing["agent_accounts"], &outgoing["password_set"]),
+            (&json!({ "kind": "internal" }), &json!(false), &Value::Null)
+        );
+        let version = outgoing["version"].as_u64().unwrap();
+
+        // Admins only (403 whatever the body); unknown channels 404.
+        for role in [None, Some(Role::Agent), Some(Role::Supervisor)] {
+            let (status, _) = s.call(Method::PUT, path, role, Some(smtp.clone())).await;
+            assert_eq!(status, if role.is_none() { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN });
+            let (status, _) = s.call(Method::PUT, path, role, Some(json!({ "colour": 1 }))).await;
+            assert_ne!(status, StatusCode::BAD_REQUEST, "the role is checked before the body");
+        }
+        let (status, _) = s.call(Method::GET, path, Some(Role::Agent), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = s.call(Method::PUT, "/v1/admin/channels/nope/outgoing", admin, Some(smtp.clone())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = s.call(Method::GET, "/v1/admin/channels/nope/outgoing", admin, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // Mistakes: 400 naming the field.
+        let with = |key: &str, value: Value| {
+            let mut body = smtp.clone();
+            body["server"][key] = value;
+            body
+        };
+        let mut no_host = smtp.clone();
+        no_host["server"].as_object_mut().unwrap().remove("host");
+        let mut extra = smtp.clone();
+        extra["server"]["password"] = json!(PASSWORD);
+        for (body, field) in [
+            (with("port", json!(0)), "server.port"),
+            (with("port", json!(70000)), "server.port"),
+            (with("host", json!("smtp example com")), "server.host"),
+            (with("host", json!("169.254.169.254")), "server.host"),
+            (no_host, "server.host"),
+            (with("security", json!("none")), "server.security"),
+            (with("kind", json!("exchange")), "server.kind"),
+            (with("login", json!("two words")), "server.login"),
+            (json!({ "server": { "kind": "internal", "host": "smtp.example.com" } }), "server.host"),
+            (extra, "server.password"),
+            (json!({ "agent_accounts": true }), "server"),
+        ] {
+            let (status, answer) = s.call(Method::PUT, path, admin, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            assert_eq!(answer["error"]["field"], json!(field), "{body}: {answer}");
+        }
+
+        // Saved: the view, a new version; the password only as password_set.
+        let (status, saved) =
+            s.call(Method::PUT, &format!("{path}?version={version}"), admin, Some(smtp.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{saved}");
+        assert_eq!(saved["version"], json!(version + 1));
+        assert_eq!(
+            saved["server"],
+            json!({ "kind": "smtp", "host": "smtp.example.com", "port": 587, "security": "starttls",
+                    "login": "support@example.com", "login_is_default": true })
+        );
+        assert_eq!((&saved["agent_accounts"], &saved["password_set"]), (&json!(true), &json!(false)));
+        // Someone else's change meanwhile: 409.
+        let (status, body) = s.call(Method::PUT, &format!("{path}?version={version}"), admin, Some(smtp.clone())).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let key = crate::domain::outbound::SecretKey::ChannelSmtpPassword(
+            crate::domain::ids::ChannelName::parse("support").unwrap(),
+        );
+        s.admin.secrets.put(&key.secret_name(), &secrecy::SecretString::from(PASSWORD.to_owned())).await.unwrap();
+        let (_, read) = s.call(Method::GET, path, admin, None).await;
+        assert_eq!((&read["password_set"], &read["version"]), (&json!(true), &json!(version + 1)));
+        let (_, channel) = s.call(Method::GET, "/v1/admin/channels/support", admin, None).await;
+        assert_eq!(channel["outbound"]["server"]["kind"], json!("smtp"), "{channel}");
+        assert_eq!(channel["outbound"]["password_set"], json!(true), "{channel}");
+
+        // An update without `outbound` keeps it; implicit TLS defaults to port 465.
+        let update = json!({ "name": "support", "address": "support@example.com", "default_queue": "support" });
+        let (status, updated) = s.call(Method::PUT, "/v1/admin/channels/support", admin, Some(update)).await;
+        assert_eq!((status, &updated["outbound"]["server"]["host"]), (StatusCode::OK, &json!("smtp.example.com")));
+        let tls =
+            json!({ "server": { "kind": "smtp", "host": "smtp.example.com", "security": "tls", "login": "helpdesk" } });
+        let (_, saved) = s.call(Method::PUT, path, admin, Some(tls)).await;
+        assert_eq!((&saved["server"]["port"], &saved["server"]["login"]), (&json!(465), &json!("helpdesk")));
+        assert_eq!(saved["agent_accounts"], json!(false), "agent_accounts defaults to off");
+
+        // Back to the internal server.
+        let (status, saved) = s.call(Method::PUT, path, admin, Some(json!({ "server": { "kind": "internal" } }))).await;
+        assert_eq!(
+            (status, &saved["server"], &saved["password_set"]),
+            (StatusCode::OK, &json!({ "kind": "internal" }), &Value::Null)
+        );
+
+        // A channel created with its outgoing server; a mistake there names `outbound.server...`.
+        let mut create = channel_body("sales", "pop3s", PASSWORD);
+        create["outbound"] = smtp.clone();
+        create["outbound"]["server"]["port"] = json!(0);
+        let (status, body) = s.call(Method::POST, "/v1/admin/channels", admin, Some(create.clone())).await;
+        assert_eq!((status, &body["error"]["field"]), (StatusCode::BAD_REQUEST, &json!("outbound.server.port")));
+        create["outbound"]["server"]["port"] = json!(2525);
+        let (status, created) = s.call(Method::POST, "/v1/admin/channels", admin, Some(create)).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(
+            (&created["outbound"]["server"]["port"], &created["outbound"]["agent_accounts"]),
+            (&json!(2525), &json!(true))
+        );
+        let (status, _) = s.call(Method::GET, "/v1/admin/channels/sales/outgoing", admin, None).await;
+        assert_eq!(status, StatusCode::OK);
     }
 }

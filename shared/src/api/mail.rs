@@ -1,6 +1,7 @@
 //! The outbound-mail part of the agent API: reply (and reply-all), forward, a new email, a
 //! follow-up, the transcript with delivery states, the agent's profile (signatures, date format,
-//! the write-only SMTP password, a test email), and for admins each channel's outgoing server.
+//! the write-only SMTP password, a test email), and for admins each channel's SMTP password and
+//! "test outgoing" (the outgoing server itself is set in `api::channels`).
 //!
 //! Sends answer 202: the message is composed, recorded and queued; the send worker delivers it
 //! and the transcript shows how delivery went. An `Idempotency-Key` header makes a retried call
@@ -23,7 +24,7 @@ use super::error::ApiError;
 use super::json::ValidJson;
 use crate::domain::agent::Agent;
 use crate::domain::ids::{ChannelName, InteractionId};
-use crate::domain::outbound::{OutgoingServer, SecretKey};
+use crate::domain::outbound::SecretKey;
 use crate::usecases::agent_profile::{ProfileChanges, ProfileError, ProfileService};
 use crate::usecases::outbound::{
     ErrorKind, FollowUpInput, ForwardInput, NewEmailInput, OutboundError, OutboundService, Queued, ReplyInput,
@@ -51,7 +52,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/me/profile/smtp-password"),
     ("delete", "/v1/me/profile/smtp-password"),
     ("post", "/v1/me/profile/test-email"),
-    ("get", "/v1/admin/channels/{name}/outgoing"),
     ("put", "/v1/admin/channels/{name}/outgoing/password"),
     ("delete", "/v1/admin/channels/{name}/outgoing/password"),
     ("post", "/v1/admin/channels/{name}/test-outgoing"),
@@ -79,7 +79,6 @@ pub fn module(
         .route("/v1/me/profile", get(profile).patch(update_profile))
         .route("/v1/me/profile/smtp-password", put(set_password).delete(clear_password))
         .route("/v1/me/profile/test-email", post(test_email))
-        .route("/v1/admin/channels/{name}/outgoing", get(channel_outgoing))
         .route("/v1/admin/channels/{name}/outgoing/password", put(set_channel_password).delete(clear_channel_password))
         .route("/v1/admin/channels/{name}/test-outgoing", post(test_outgoing))
         .with_state(state);
@@ -306,42 +305,6 @@ async fn test_email(
 
 // ------------------------------------------------------------------ channels' outgoing side (admin)
 
-async fn channel_outgoing(
-    State(s): State<MailApiState>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require_admin()?;
-    let name = channel_name(&name)?;
-    let channel = s
-        .profiles
-        .channels
-        .sending_channel(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no channel {name} is configured")))?;
-    let (server, password_set) = match &channel.outbound.server {
-        OutgoingServer::Internal => (json!({ "kind": "internal" }), None),
-        OutgoingServer::Smtp { server, login } => {
-            let set =
-                s.profiles.secrets.get(&SecretKey::ChannelSmtpPassword(name.clone()).secret_name()).await?.is_some();
-            let login = login.as_ref().map(|l| l.as_str().to_owned()).unwrap_or_else(|| channel.address.to_string());
-            (
-                json!({ "kind": "smtp", "host": server.host.as_str(), "port": server.port,
-                        "security": server.security, "login": login }),
-                Some(set),
-            )
-        }
-    };
-    Ok(Json(json!({
-        "channel": channel.name,
-        "address": channel.address,
-        "server": server,
-        "agent_accounts": channel.outbound.agent_accounts,
-        "password_set": password_set,
-        "configured_in": "config",
-    })))
-}
-
 async fn set_channel_password(
     State(s): State<MailApiState>,
     caller: Caller,
@@ -491,9 +454,6 @@ fn openapi_paths() -> Value {
             "summary": "Send yourself a test email through the path your mail takes on a channel",
             "description": "Always 200 with a report: `sent`, the path, and the server's exact words when it failed.",
             "requestBody": body("TestEmail"), "responses": ok("TestEmailReport", "What happened") } },
-        "/v1/admin/channels/{name}/outgoing": { "get": {
-            "summary": "A channel's outgoing server (admin). Set in the configuration ([outbound.channels.<name>]); the password is write-only",
-            "parameters": [name_param()], "responses": ok("ChannelOutgoing", "The outgoing side") } },
         "/v1/admin/channels/{name}/outgoing/password": {
             "put": { "summary": "Set the password of the channel's account on its SMTP server (admin, write-only)",
                      "parameters": [name_param()], "requestBody": body("Password"), "responses": no_content("Stored") },
@@ -553,10 +513,6 @@ fn openapi_schemas() -> Value {
         "TestEmailReport": { "type": "object", "properties": { "sent": { "type": "boolean" }, "path": string, "from": opt, "to": opt,
             "message_id": opt, "detail": string,
             "failure": { "type": ["string", "null"], "enum": ["no_password", "not_configured", "rejected", "account", "temporary", null] } } },
-        "ChannelOutgoing": { "type": "object", "properties": { "channel": string, "address": string,
-            "server": { "type": "object", "properties": { "kind": { "type": "string", "enum": ["internal", "smtp"] }, "host": string,
-                "port": { "type": "integer" }, "security": { "type": "string", "enum": ["starttls", "tls"] }, "login": string } },
-            "agent_accounts": { "type": "boolean" }, "password_set": { "type": ["boolean", "null"] }, "configured_in": string } },
         "ConnectionReport": { "type": "object", "properties": { "ok": { "type": "boolean" }, "server": string, "detail": string } },
     })
 }
@@ -572,7 +528,7 @@ mod tests {
     use super::*;
     use crate::adapters::embedded::EmbeddedBackend;
     use crate::adapters::outbound::outbox::OutboxSender;
-    use crate::adapters::outbound::{EmbeddedOutbound, OutboundConfig, SmtpSender};
+    use crate::adapters::outbound::{EmbeddedOutbound, OutboundConfig, SmtpSender, StoredChannels};
     use crate::api::auth::mint_local_token;
     use crate::config::AppConfig;
     use crate::domain::agent::Role;
@@ -618,13 +574,17 @@ mod tests {
         };
         backend.transition(Some(&interaction), None, &assign).await.unwrap().unwrap();
 
+        // The channels as `mailroom serve` has them: seeded into the channel store (with the
+        // outgoing side of `outbound`), administered by the channels module beside this one.
+        let config = AppConfig { outbound: Some(outbound.clone()), ..config };
+        let mailboxes = crate::app::embedded_mailboxes(&config, &backend).await.unwrap();
         let secrets = Arc::new(crate::adapters::secrets::EmbeddedSecretStore::open(&backend).unwrap());
         let outbox = OutboxSender::in_data_dir(dir.path());
         let smtp = SmtpSender::new(None, Duration::from_secs(5)).unwrap();
         let mail = EmbeddedOutbound::build(
             &backend,
-            &config.channels,
-            &outbound,
+            StoredChannels::new(mailboxes.store.clone()),
+            outbound.attachments,
             secrets,
             smtp,
             Some(Arc::new(outbox.clone())),
@@ -632,7 +592,9 @@ mod tests {
         .unwrap();
         let auth = Arc::new(Authenticator::local(SECRET));
         let m = module(Arc::new(mail.outbound), Arc::new(mail.profiles), routing.clone(), auth.clone());
-        let app = crate::api::router(crate::api::AppState { routing: routing.clone(), auth, handoff: None }, vec![m]);
+        let admin = crate::api::channels::module(mailboxes.admin.clone(), auth.clone());
+        let app =
+            crate::api::router(crate::api::AppState { routing: routing.clone(), auth, handoff: None }, vec![m, admin]);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -815,6 +777,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_disabled_channel_still_answers_but_starts_no_new_conversations() {
+        let s = setup(OutboundConfig::default()).await;
+        let (status, _) =
+            s.call_with("POST", "ada", Role::Admin, "/v1/admin/channels/support/disable", None, None).await;
+        assert_eq!(status, StatusCode::OK);
+        let body = json!({ "channel": "support", "to": ["bob@example.org"], "subject": "Hi", "text": "hi" });
+        let (status, answer) = s.call("POST", "ana", "/v1/emails", Some(body)).await;
+        assert_eq!((status, answer["error"]["field"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("channel")));
+        assert!(answer["error"]["message"].as_str().unwrap().contains("disabled"), "{answer}");
+        let path = format!("/v1/interactions/{}/reply", s.interaction);
+        let (status, queued) = s.call("POST", "ana", &path, Some(json!({ "text": "Still here." }))).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+        s.worker.step(10, Duration::ZERO).await.unwrap();
+        assert_eq!(s.outbox_files().len(), 1, "the reply went out");
+    }
+
+    #[tokio::test]
     async fn the_profile_never_shows_the_password_and_the_test_email_says_what_is_missing() {
         let smtp: ChannelOutbound = serde_json::from_value(json!({ "agent_accounts": true,
             "server": { "kind": "smtp", "host": "127.0.0.1", "port": 1, "security": "starttls" } }))
@@ -889,10 +868,12 @@ mod tests {
         let s = setup(OutboundConfig::default()).await;
         let document: Value =
             s.http.get(format!("{}/v1/openapi.json", s.base)).send().await.unwrap().json().await.unwrap();
-        for (method, path) in ROUTES {
+        // This module's routes and the channel admin's beside it (the outgoing server is set
+        // there, its password here): every one in the served document.
+        for (method, path) in ROUTES.iter().chain(crate::api::channels::ROUTES) {
             assert!(document["paths"][path][method].is_object(), "{method} {path}");
         }
-        for name in ["Reply", "Queued", "Profile", "ConnectionReport"] {
+        for name in ["Reply", "Queued", "Profile", "ConnectionReport", "ChannelOutgoing", "OutboundInput"] {
             assert!(document["components"]["schemas"][name].is_object(), "{name}");
         }
     }

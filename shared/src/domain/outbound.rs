@@ -762,6 +762,23 @@ impl Default for ChannelOutbound {
     }
 }
 
+impl ChannelOutbound {
+    /// The internal server, agents sending as the channel only.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What the types cannot say: a port of 0.
+    pub fn validate(&self) -> Result<(), super::mailbox::FieldError> {
+        match &self.server {
+            OutgoingServer::Smtp { server, .. } if server.port == 0 => {
+                Err(super::mailbox::FieldError::new("server.port", "must be between 1 and 65535"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What outbound mail needs to know of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendingChannel {
@@ -770,6 +787,10 @@ pub struct SendingChannel {
     /// The name shown with the channel address, e.g. `Example Support`.
     pub display_name: Option<HeaderText>,
     pub default_queue: QueueName,
+    /// A disabled channel still answers: replies, forwards and follow-ups on its interactions
+    /// go out, and so does mail already queued. Only new emails are refused (the customer's
+    /// answer to one would be quarantined).
+    pub enabled: bool,
     pub outbound: ChannelOutbound,
 }
 
@@ -1157,6 +1178,7 @@ mod tests {
             address: EmailAddress::parse("support@example.com").unwrap(),
             display_name: None,
             default_queue: QueueName::parse("support").unwrap(),
+            enabled: true,
             outbound,
         }
     }

@@ -1,7 +1,8 @@
 //! Channel administration, as the admin API offers it: create, read, update and disable
 //! channels, with write-only passwords (entered twice) and client secrets kept in the secret
-//! store; "test connection" for a channel's incoming server; and seeding the channel store from
-//! the config file at start-up.
+//! store; "test connection" for a channel's incoming server; the channel's outgoing server
+//! (internal or a custom SMTP server); and seeding the channel store from the config file at
+//! start-up.
 //!
 //! Errors name the field they are about (`mailbox.auth.password_confirmation`), so the API can
 //! answer 400 with it. Secrets are never returned: a view says only whether one is set.
@@ -21,6 +22,9 @@ use crate::domain::interaction::Priority;
 use crate::domain::mailbox::{
     AfterFetch, ChannelHealth, HealthStatus, IncomingMailbox, MICROSOFT_AUTHORITY, MailHost, MailProtocol, MailboxAuth,
     MailboxUser, OAuth2Client, SecretName, SecretRef, check_secret_value,
+};
+use crate::domain::outbound::{
+    ChannelOutbound, HostName, OutgoingServer, SecretKey, SmtpLogin, SmtpSecurity, SmtpServer,
 };
 use crate::domain::script::{EmailScript, RoutingRule};
 use crate::ports::channels::{ChannelStore, StoredChannel};
@@ -104,6 +108,40 @@ pub struct ChannelInput {
     pub script: Vec<RoutingRule>,
     #[serde(default)]
     pub mailbox: Option<MailboxInput>,
+    /// The outgoing server. Left out: the internal server for a new channel; on an update, the
+    /// channel keeps the one it has.
+    #[serde(default)]
+    pub outbound: Option<OutboundInput>,
+}
+
+/// A channel's outgoing side as the admin API receives it: the shape of the config file's
+/// `outbound` table, checked field by field so a mistake names its field (`server.port`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundInput {
+    pub server: ServerInput,
+    /// "Override server configuration": agents may send as themselves with their own account.
+    #[serde(default)]
+    pub agent_accounts: bool,
+}
+
+/// `{"kind": "internal"}`, or `{"kind": "smtp", "host": ..., "port": ..., "security": ...,
+/// "login": ...}`. The password is not here: it is set on its own, write-only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInput {
+    pub kind: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Empty: 587 for `starttls`, 465 for `tls`.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` or `tls` (there is no unencrypted mode).
+    #[serde(default)]
+    pub security: Option<String>,
+    /// The channel's login on the server; empty: the channel address.
+    #[serde(default)]
+    pub login: Option<String>,
 }
 
 /// The incoming server settings as the admin API receives them.
@@ -167,10 +205,46 @@ pub struct ChannelView {
     pub default_priority: Priority,
     pub script: Vec<RoutingRule>,
     pub mailbox: Option<MailboxView>,
+    pub outbound: OutgoingView,
     /// Send it back with an update; a different stored version means someone else changed the
     /// channel meanwhile (409).
     pub version: u64,
     pub health: Option<HealthView>,
+}
+
+/// A channel's outgoing side as the admin API shows it: everything but the password.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutgoingView {
+    pub server: ServerView,
+    pub agent_accounts: bool,
+    /// Whether the channel's SMTP password is stored; `null` for the internal server, which
+    /// needs none.
+    pub password_set: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ServerView {
+    Internal,
+    Smtp {
+        host: String,
+        port: u16,
+        security: SmtpSecurity,
+        /// The login in use (the channel address when none was given).
+        login: String,
+        login_is_default: bool,
+    },
+}
+
+/// The answer of `GET` and `PUT /v1/admin/channels/{name}/outgoing`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelOutgoingView {
+    pub channel: ChannelName,
+    pub address: EmailAddress,
+    /// The channel's version, as in its view: send it back with a change (409 if it moved).
+    pub version: u64,
+    #[serde(flatten)]
+    pub outgoing: OutgoingView,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -314,6 +388,44 @@ impl ChannelAdmin {
         self.view(StoredChannel { version, ..record }).await
     }
 
+    /// The channel's outgoing server, and whether its password is set.
+    pub async fn outgoing(&self, name: &str) -> Result<ChannelOutgoingView, AdminError> {
+        let record = self.record(name).await?;
+        self.outgoing_view(record).await
+    }
+
+    /// Sets the channel's outgoing server (and whether agents may use their own accounts on it).
+    /// `expected_version`, as for [`ChannelAdmin::update`]. The change applies to the next
+    /// message sent, queued ones included: the send path reads the channel at each send.
+    pub async fn set_outbound(
+        &self,
+        name: &str,
+        input: OutboundInput,
+        expected_version: Option<u64>,
+    ) -> Result<ChannelOutgoingView, AdminError> {
+        let current = self.record(name).await?;
+        if let Some(v) = expected_version
+            && v != current.version
+        {
+            return Err(AdminError::Conflict(format!(
+                "channel {name} was changed by someone else (you have version {v}, it is at {})",
+                current.version
+            )));
+        }
+        let outbound = self.outbound_from_input(input, "")?;
+        let mut record = current.clone();
+        record.channel.outbound = outbound;
+        record.updated_at = self.clock.now();
+        let version = self.store.put(&record, Some(current.version)).await?;
+        self.directory.invalidate();
+        let kind = match &record.channel.outbound.server {
+            OutgoingServer::Internal => "internal",
+            OutgoingServer::Smtp { .. } => "smtp",
+        };
+        info!(channel_id = %record.channel.name, server = kind, "channel outgoing server changed");
+        self.outgoing_view(StoredChannel { version, ..record }).await
+    }
+
     /// Connects to the incoming server, signs in and opens the mailbox (IMAP `SELECT INBOX`,
     /// POP3 `STAT`), then reports each step in plain words. Only the network policy's addresses
     /// are tried. Invalid settings are an `Invalid` error; a failure to connect is a result
@@ -437,6 +549,7 @@ impl ChannelAdmin {
             }),
             None => None,
         };
+        let outbound = self.outgoing_of(&c).await?;
         Ok(ChannelView {
             name: c.name,
             address: c.address,
@@ -445,9 +558,101 @@ impl ChannelAdmin {
             default_priority: c.default_priority,
             script: c.script,
             mailbox,
+            outbound,
             version: record.version,
             health,
         })
+    }
+
+    async fn outgoing_view(&self, record: StoredChannel) -> Result<ChannelOutgoingView, AdminError> {
+        let outgoing = self.outgoing_of(&record.channel).await?;
+        let c = record.channel;
+        Ok(ChannelOutgoingView { channel: c.name, address: c.address, version: record.version, outgoing })
+    }
+
+    async fn outgoing_of(&self, c: &Channel) -> Result<OutgoingView, AdminError> {
+        let (server, password_set) = match &c.outbound.server {
+            OutgoingServer::Internal => (ServerView::Internal, None),
+            OutgoingServer::Smtp { server, login } => {
+                let key = SecretKey::ChannelSmtpPassword(c.name.clone()).secret_name();
+                let set = self.secrets.get(&key).await?.is_some();
+                let view = ServerView::Smtp {
+                    host: server.host.as_str().to_owned(),
+                    port: server.port,
+                    security: server.security,
+                    login: login.as_ref().map(|l| l.as_str().to_owned()).unwrap_or_else(|| c.address.to_string()),
+                    login_is_default: login.is_none(),
+                };
+                (view, Some(set))
+            }
+        };
+        Ok(OutgoingView { server, agent_accounts: c.outbound.agent_accounts, password_set })
+    }
+
+    /// Checks an outgoing side from the API; `prefix` goes before the field names (`outbound.`
+    /// inside a channel). A host given as an address must pass the network policy (metadata and
+    /// link-local addresses never do).
+    fn outbound_from_input(&self, input: OutboundInput, prefix: &str) -> Result<ChannelOutbound, AdminError> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let ServerInput { kind, host, port, security, login } = input.server;
+        let server = match kind.trim() {
+            "internal" => {
+                let given = [
+                    ("host", host.is_some()),
+                    ("port", port.is_some()),
+                    ("security", security.is_some()),
+                    ("login", login.is_some()),
+                ];
+                if let Some((name, _)) = given.into_iter().find(|(_, given)| *given) {
+                    return Err(AdminError::invalid(
+                        field(&format!("server.{name}")),
+                        "only a custom SMTP server (kind smtp) has this setting",
+                    ));
+                }
+                OutgoingServer::Internal
+            }
+            "smtp" => {
+                let host = host
+                    .filter(|h| !h.trim().is_empty())
+                    .ok_or_else(|| AdminError::invalid(field("server.host"), "is required for an SMTP server"))?;
+                let host = HostName::parse(&host).map_err(|e| AdminError::invalid(field("server.host"), e.reason))?;
+                if let Ok(ip) = host.as_str().trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>()
+                {
+                    self.access
+                        .policy
+                        .check(ip)
+                        .map_err(|refusal| AdminError::invalid(field("server.host"), refusal.to_string()))?;
+                }
+                let security = match security.as_deref().map(str::trim) {
+                    Some("starttls") => SmtpSecurity::Starttls,
+                    Some("tls") => SmtpSecurity::Tls,
+                    Some(_) => {
+                        return Err(AdminError::invalid(
+                            field("server.security"),
+                            "choose starttls or tls (credentials never travel unencrypted)",
+                        ));
+                    }
+                    None => return Err(AdminError::invalid(field("server.security"), "choose starttls or tls")),
+                };
+                let port = match (port, security) {
+                    (Some(0), _) => {
+                        return Err(AdminError::invalid(field("server.port"), "must be between 1 and 65535"));
+                    }
+                    (Some(p), _) => p,
+                    (None, SmtpSecurity::Starttls) => 587,
+                    (None, SmtpSecurity::Tls) => 465,
+                };
+                let login = match login.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(l) => {
+                        Some(SmtpLogin::parse(l).map_err(|e| AdminError::invalid(field("server.login"), e.reason))?)
+                    }
+                };
+                OutgoingServer::Smtp { server: SmtpServer { host, port, security }, login }
+            }
+            _ => return Err(AdminError::invalid(field("server.kind"), "choose internal or smtp")),
+        };
+        Ok(ChannelOutbound { server, agent_accounts: input.agent_accounts })
     }
 
     async fn secret_set(&self, secret: &SecretRef) -> Result<bool, AdminError> {
@@ -499,6 +704,10 @@ impl ChannelAdmin {
             }
             None => (None, None),
         };
+        let outbound = match input.outbound {
+            Some(o) => self.outbound_from_input(o, "outbound.")?,
+            None => current.map(|c| c.outbound.clone()).unwrap_or_default(),
+        };
         let channel = Channel {
             name,
             address,
@@ -507,6 +716,7 @@ impl ChannelAdmin {
             default_priority,
             script: input.script,
             mailbox,
+            outbound,
         };
         Ok((channel, secret))
     }
@@ -722,6 +932,21 @@ pub async fn seed_channels(
         let digest = seed_digest(&channel, value.as_ref().map(|(_, v)| v));
         let current = existing.iter().find(|r| &r.channel.name == name);
         if let Some(current) = current
+            && seeded_before_outbound(current, &channel, value.as_ref().map(|(_, v)| v))
+        {
+            // Seeded from this very entry before channels carried their outgoing side (it came
+            // from [outbound.channels.<name>] at each start then): add that side to what is
+            // stored, keeping an admin's other changes, and remember the entry as applied.
+            let mut record = current.clone();
+            record.channel.outbound = channel.outbound.clone();
+            record.seed = Some(digest);
+            record.updated_at = clock.now();
+            store.put(&record, Some(current.version)).await?;
+            info!(channel_id = %name, "channel's outgoing server taken from the configuration");
+            report.updated.push(name.clone());
+            continue;
+        }
+        if let Some(current) = current
             && current.seed.as_deref() == Some(digest.as_str())
         {
             // Unchanged in the file: keep what is stored (an admin may have changed it), but
@@ -768,6 +993,17 @@ pub async fn seed_channels(
         report.disabled.push(gone.channel.name.clone());
     }
     Ok(report)
+}
+
+/// Whether `current` was seeded from this config entry by a version that kept the channel's
+/// outgoing side out of the store: its digest is the entry's without the outgoing side, and it
+/// has none of its own yet.
+fn seeded_before_outbound(current: &StoredChannel, channel: &Channel, secret: Option<&SecretString>) -> bool {
+    if channel.outbound.is_default() || !current.channel.outbound.is_default() {
+        return false;
+    }
+    let without = Channel { outbound: ChannelOutbound::default(), ..channel.clone() };
+    current.seed.as_deref() == Some(seed_digest(&without, secret).as_str())
 }
 
 /// A digest of a config entry as applied. It covers the secret's value too (salted with the

@@ -465,6 +465,14 @@ impl OutboundService {
             return Err(OutboundError::invalid("subject", "a new email needs a subject"));
         }
         let channel = self.channel(&request.channel).await?;
+        if !channel.enabled {
+            // Its answer would be quarantined: a disabled channel takes no mail. Replies and
+            // follow-ups on its existing interactions still go out.
+            return Err(OutboundError::invalid(
+                "channel",
+                format!("channel {} is disabled: enable it to start new conversations on it", channel.name),
+            ));
+        }
         let own = self.channels.own_addresses().await?;
         let profile = ensure_profile(self.profiles.as_ref(), agent, self.clock.now()).await?;
         let mut draft = request.draft;

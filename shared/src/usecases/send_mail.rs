@@ -330,8 +330,9 @@ impl SendWorker {
 mod tests {
     use super::*;
 
+    use crate::adapters::channels::MemoryChannelStore;
     use crate::adapters::memory::{MemoryRawStore, MemoryWorkQueue};
-    use crate::adapters::outbound::{MemoryOutboundStore, RecordingSender, StaticChannels};
+    use crate::adapters::outbound::{MemoryOutboundStore, RecordingSender, StoredChannels};
     use crate::adapters::secrets::MemorySecretStore;
     use crate::ports::SystemClock;
 
@@ -342,7 +343,7 @@ mod tests {
             raw_store: Arc::new(MemoryRawStore::default()),
             profiles: store,
             secrets: Arc::new(MemorySecretStore::default()),
-            channels: StaticChannels::from_sending(Vec::new()),
+            channels: StoredChannels::new(Arc::new(MemoryChannelStore::default())),
             sender: Arc::new(RecordingSender::default()),
             queue: Arc::new(MemoryWorkQueue::new("send", 10)),
             dead_letters: Arc::new(MemoryWorkQueue::new("send-dlq", u32::MAX)),

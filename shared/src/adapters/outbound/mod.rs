@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::domain::channel::Channel;
 use crate::domain::ids::{ChannelName, EmailAddress};
 use crate::domain::outbound::{ChannelOutbound, SendingChannel};
 use crate::ports::BackendResult;
+use crate::ports::channels::ChannelStore;
 use crate::ports::outbound::{Accepted, ChannelDirectory, MailEnvelope, MailSender, Route, SendError};
 
 pub use self::dynamodb::DynamoOutboundStore;
@@ -57,46 +57,39 @@ impl MailSender for RouteSender {
     }
 }
 
-/// The channels' outgoing side from the configuration: each channel with its [`ChannelOutbound`]
-/// (Amazon SES unless configured otherwise).
-#[derive(Debug, Clone, Default)]
-pub struct StaticChannels {
-    channels: Vec<SendingChannel>,
+/// The channels' outgoing side, read from the channel store at every call: a channel created or
+/// changed through the admin API sends with its new settings at once, in every process (the agent
+/// API composing, the send worker sending), without a restart and without a cache to go stale.
+/// One read per use: a strongly consistent `GetItem` (or `Query` for the addresses) in AWS, a
+/// SQLite row locally.
+///
+/// Disabled channels are still found: replies and follow-ups on their interactions, and mail
+/// already queued, go out; [`SendingChannel::enabled`] lets compose refuse new emails.
+pub struct StoredChannels {
+    store: Arc<dyn ChannelStore>,
 }
 
-impl StaticChannels {
-    pub fn new(channels: &[Channel], outbound: &BTreeMap<ChannelName, ChannelOutbound>) -> Arc<Self> {
-        let channels = channels
-            .iter()
-            .map(|c| SendingChannel {
-                name: c.name.clone(),
-                address: c.address.clone(),
-                display_name: None,
-                default_queue: c.default_queue.clone(),
-                outbound: outbound.get(&c.name).cloned().unwrap_or_default(),
-            })
-            .collect();
-        Arc::new(Self { channels })
-    }
-
-    pub fn from_sending(channels: Vec<SendingChannel>) -> Arc<Self> {
-        Arc::new(Self { channels })
+impl StoredChannels {
+    pub fn new(store: Arc<dyn ChannelStore>) -> Arc<Self> {
+        Arc::new(Self { store })
     }
 }
 
 #[async_trait]
-impl ChannelDirectory for StaticChannels {
+impl ChannelDirectory for StoredChannels {
     async fn sending_channel(&self, name: &ChannelName) -> BackendResult<Option<SendingChannel>> {
-        Ok(self.channels.iter().find(|c| &c.name == name).cloned())
+        Ok(self.store.get(name).await?.map(|r| r.channel.sending()))
     }
 
     async fn own_addresses(&self) -> BackendResult<Vec<EmailAddress>> {
-        Ok(self.channels.iter().map(|c| c.address.clone()).collect())
+        Ok(self.store.list().await?.into_iter().map(|r| r.channel.address).collect())
     }
 }
 
-/// The outgoing side of the configuration, until it joins `AppConfig` and `Channel` (see the
-/// outbound notes): each channel's outgoing server and the attachment limits. JSON or TOML.
+/// The `[outbound]` section of the configuration (or `MAILROOM_OUTBOUND`), JSON or TOML: the
+/// attachment limits and, the older way to set a channel's outgoing server, one entry per
+/// channel. A channel's own `outbound` table is the preferred way now; an entry here seeds a
+/// channel that has none (see [`crate::config::AppConfig::channels_with_outbound`]).
 ///
 /// ```toml
 /// [channels.support]
@@ -118,6 +111,9 @@ pub struct OutboundConfig {
 }
 
 impl OutboundConfig {
+    /// The environment variable read when the configuration has no `[outbound]` section.
+    pub const ENV_VAR: &'static str = "MAILROOM_OUTBOUND";
+
     pub fn parse(text: &str, origin: &str) -> Result<Self, crate::config::ConfigError> {
         let syntax = |e: Box<dyn std::error::Error + Send + Sync>| crate::config::ConfigError::Syntax {
             origin: origin.to_owned(),
@@ -220,7 +216,7 @@ impl AwsSendParts {
         &self,
         config: &aws_config::SdkConfig,
         table: &str,
-        channels: Arc<StaticChannels>,
+        channels: Arc<dyn ChannelDirectory>,
         limits: crate::domain::outbound::AttachmentLimits,
     ) -> (crate::usecases::outbound::OutboundService, crate::usecases::agent_profile::ProfileService) {
         let clock = Arc::new(crate::ports::SystemClock);
@@ -257,17 +253,18 @@ pub struct EmbeddedOutbound {
 }
 
 impl EmbeddedOutbound {
+    /// `channels` is where the outgoing side of each channel is read ([`StoredChannels`] over
+    /// the channel store the admin API writes, so changes apply at once).
     pub fn build(
         backend: &crate::adapters::embedded::EmbeddedBackend,
-        channels: &[Channel],
-        outbound: &OutboundConfig,
+        channels: Arc<dyn ChannelDirectory>,
+        limits: crate::domain::outbound::AttachmentLimits,
         secrets: Arc<dyn crate::ports::secrets::SecretStore>,
         smtp: SmtpSender,
         ses: Option<Arc<dyn MailSender>>,
     ) -> BackendResult<Self> {
         use crate::usecases::outbound::SEND_QUEUE;
         let records = Arc::new(EmbeddedOutboundStore::open(backend)?);
-        let directory = StaticChannels::new(channels, &outbound.channels);
         let sender: Arc<dyn MailSender> = Arc::new(RouteSender { ses, smtp: Arc::new(smtp) });
         let queue = Arc::new(backend.queue(SEND_QUEUE, 10));
         let clock = Arc::new(crate::ports::SystemClock);
@@ -278,16 +275,16 @@ impl EmbeddedOutbound {
                 raw_store: raw.clone(),
                 outbound: records.clone(),
                 profiles: records.clone(),
-                channels: directory.clone(),
+                channels: channels.clone(),
                 renderer: Arc::new(LettreRenderer),
                 send_queue: queue.clone(),
                 clock: clock.clone(),
-                limits: outbound.attachments,
+                limits,
             },
             profiles: crate::usecases::agent_profile::ProfileService {
                 profiles: records.clone(),
                 secrets: secrets.clone(),
-                channels: directory.clone(),
+                channels: channels.clone(),
                 renderer: Arc::new(LettreRenderer),
                 sender: sender.clone(),
                 clock: clock.clone(),
@@ -297,7 +294,7 @@ impl EmbeddedOutbound {
                 raw_store: raw,
                 profiles: records,
                 secrets,
-                channels: directory,
+                channels,
                 sender,
                 queue,
                 dead_letters: Arc::new(backend.dead_letter_queue(SEND_QUEUE)),
@@ -305,5 +302,59 @@ impl EmbeddedOutbound {
                 policy: Default::default(),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::channels::MemoryChannelStore;
+    use crate::config::AppConfig;
+    use crate::domain::outbound::{HostName, OutgoingServer, SmtpSecurity, SmtpServer};
+    use crate::ports::channels::StoredChannel;
+
+    fn record(name: &str) -> StoredChannel {
+        let mut channel = AppConfig::demo().channels[0].clone();
+        channel.name = ChannelName::parse(name).unwrap();
+        channel.address = EmailAddress::parse(&format!("{name}@example.com")).unwrap();
+        StoredChannel { channel, version: 0, position: 0, seed: None, updated_at: chrono::Utc::now() }
+    }
+
+    #[tokio::test]
+    async fn the_directory_reads_each_change_of_the_store_at_once() {
+        let store = Arc::new(MemoryChannelStore::default());
+        let directory = StoredChannels::new(store.clone());
+        let sales = ChannelName::parse("sales").unwrap();
+        assert_eq!(directory.sending_channel(&sales).await.unwrap(), None);
+        assert!(directory.own_addresses().await.unwrap().is_empty());
+
+        // Created: found at once, with the internal server by default.
+        store.put(&record("support"), None).await.unwrap();
+        store.put(&record("sales"), None).await.unwrap();
+        let found = directory.sending_channel(&sales).await.unwrap().expect("created channels send at once");
+        assert_eq!((found.address.as_str(), found.enabled), ("sales@example.com", true));
+        assert_eq!(found.outbound.server, OutgoingServer::Internal);
+        let mut own: Vec<String> =
+            directory.own_addresses().await.unwrap().iter().map(|a| a.as_str().to_owned()).collect();
+        own.sort();
+        assert_eq!(own, ["sales@example.com", "support@example.com"]);
+
+        // Changed (a custom SMTP server) and disabled: the next read has both, and a disabled
+        // channel is still there for the replies on its interactions.
+        let mut changed = store.get(&sales).await.unwrap().unwrap();
+        let smtp = OutgoingServer::Smtp {
+            server: SmtpServer {
+                host: HostName::parse("smtp.example.com").unwrap(),
+                port: 465,
+                security: SmtpSecurity::Tls,
+            },
+            login: None,
+        };
+        changed.channel.outbound = ChannelOutbound { server: smtp.clone(), agent_accounts: true };
+        changed.channel.enabled = false;
+        store.put(&changed, Some(1)).await.unwrap();
+        let found = directory.sending_channel(&sales).await.unwrap().unwrap();
+        assert_eq!((found.outbound.server, found.outbound.agent_accounts, found.enabled), (smtp, true, false));
+        assert_eq!(directory.own_addresses().await.unwrap().len(), 2, "a disabled channel's address is still ours");
     }
 }

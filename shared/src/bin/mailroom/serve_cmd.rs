@@ -129,20 +129,19 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
     }
 
     // Outbound mail (issue 5): compose and profile API, and the send worker. The internal server
-    // (Amazon SES in AWS) is the outbox directory here; channels with an SMTP server use it.
+    // (Amazon SES in AWS) is the outbox directory here; channels with an SMTP server use it. Each
+    // channel's outgoing side is read from the channel store at every send, so what an admin sets
+    // through the API applies at once.
     {
-        use mailroom::adapters::outbound::{EmbeddedOutbound, OutboundConfig, SmtpSender, outbox::OutboxSender};
-        let outbound_cfg = match (&config.outbound, std::env::var("MAILROOM_OUTBOUND")) {
-            (Some(c), _) => c.clone(),
-            (None, Ok(text)) if !text.trim().is_empty() => OutboundConfig::parse(&text, "MAILROOM_OUTBOUND")?,
-            _ => OutboundConfig::default(),
-        };
+        use mailroom::adapters::outbound::{EmbeddedOutbound, SmtpSender, StoredChannels, outbox::OutboxSender};
+        let env = |name: &str| std::env::var(name).ok();
+        let outbound_cfg = config.outbound_settings(&env)?;
         let outbox = OutboxSender::in_data_dir(data_dir);
         let secrets = Arc::new(mailroom::adapters::secrets::EmbeddedSecretStore::open(&backend)?);
         let mail = EmbeddedOutbound::build(
             &backend,
-            &config.channels,
-            &outbound_cfg,
+            StoredChannels::new(mailboxes.store.clone()),
+            outbound_cfg.attachments,
             secrets,
             SmtpSender::from_env()?,
             Some(Arc::new(outbox.clone())),
@@ -155,11 +154,13 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
         ));
         let (worker, shutdown) = (mail.worker, shutdown_rx.clone());
         parts.workers.push(tokio::spawn(async move { worker.run(shutdown).await }));
-        let smtp_channels: Vec<&str> = outbound_cfg
-            .channels
-            .iter()
-            .filter(|(_, c)| matches!(c.server, mailroom::domain::outbound::OutgoingServer::Smtp { .. }))
-            .map(|(name, _)| name.as_str())
+        let smtp_channels: Vec<String> = mailboxes
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|r| matches!(r.channel.outbound.server, mailroom::domain::outbound::OutgoingServer::Smtp { .. }))
+            .map(|r| r.channel.name.to_string())
             .collect();
         let custom = if smtp_channels.is_empty() {
             String::new()
