@@ -325,19 +325,24 @@ pub async fn storm(f: &dyn RoutingFactory, cfg: Storm) -> StormReport {
     report
 }
 
+/// Ana, the one agent of the smaller scenarios: a member of `queue`, one email at a time.
+fn ana_in(queue: &QueueName) -> Agent {
+    Agent {
+        id: AgentId::parse("ana").expect("id"),
+        name: "Ana".into(),
+        email: EmailAddress::parse("ana@example.com").expect("email"),
+        queues: vec![queue.clone()],
+        capacity: 1,
+        role: Role::Agent,
+    }
+}
+
 /// With one free agent, offers come highest priority first, then longest waiting.
 pub async fn offers_follow_priority_then_waiting_time(f: &dyn RoutingFactory) {
     let b = f.fresh().await;
     let svc = service(&b);
     let support = q("support");
-    let ana = Agent {
-        id: AgentId::parse("ana").expect("id"),
-        name: "Ana".into(),
-        email: EmailAddress::parse("ana@example.com").expect("email"),
-        queues: vec![support.clone()],
-        capacity: 1,
-        role: Role::Agent,
-    };
+    let ana = ana_in(&support);
     svc.seed(std::slice::from_ref(&ana), &[EmailQueue::named(support.clone())]).await.expect("seed");
     // (n, priority, age in ms): expected order 2 (priority 9), 1 (oldest of priority 5), 3, 0 (priority 1).
     let items = [(0u64, 1u8, 900i64), (1, 5, 800), (2, 9, 10), (3, 5, 100)];
@@ -422,14 +427,7 @@ pub async fn lagging_listings_strand_nothing(f: &dyn RoutingFactory) {
     });
     let svc = RoutingService { store: lagging.clone(), ..service(&b) };
     let support = q("support");
-    let ana = Agent {
-        id: AgentId::parse("ana").expect("id"),
-        name: "Ana".into(),
-        email: EmailAddress::parse("ana@example.com").expect("email"),
-        queues: vec![support.clone()],
-        capacity: 1,
-        role: Role::Agent,
-    };
+    let ana = ana_in(&support);
     svc.seed(std::slice::from_ref(&ana), &[EmailQueue::named(support.clone())]).await.expect("seed");
     svc.set_presence(&ana.id, ChosenPresence::Available).await.expect("presence");
     let arrive = |n: u64| {
