@@ -126,7 +126,7 @@ fn handoff_settings() -> anyhow::Result<Option<AwsHandoffSettings>> {
 
 /// The mail routes on AWS: the same records, queue and accounts as functions/send-mail. The
 /// attachment limits come from `[outbound]` or `MAILROOM_OUTBOUND` (the `MailroomOutbound`
-/// parameter).
+/// parameter), lowered to what fits through API Gateway.
 fn mail_module(
     sdk: &SdkConfig,
     config: &AppConfig,
@@ -139,6 +139,14 @@ fn mail_module(
     let outbound = config.outbound_settings(&env).context("reading the outbound settings")?;
     let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
     let parts = AwsSendParts::from_sdk_config(sdk, &settings, smtp, endpoint_overridden());
-    let (compose, profiles) = parts.api_services(sdk, &settings.table, channels, outbound.attachments);
+    let limits = outbound.attachments.behind_gateway();
+    if limits != outbound.attachments {
+        tracing::warn!(
+            max_file_bytes = limits.max_file_bytes,
+            max_total_bytes = limits.max_total_bytes,
+            "attachment limits lowered to what fits in one API Gateway request (10 MB, base64)"
+        );
+    }
+    let (compose, profiles) = parts.api_services(sdk, &settings.table, channels, limits);
     Ok(mailroom::api::mail::module(Arc::new(compose), Arc::new(profiles), routing, auth))
 }

@@ -245,6 +245,22 @@ pub enum AttachmentError {
 }
 
 impl AttachmentLimits {
+    /// The largest attachment bytes that fit in one request through API Gateway, which refuses a
+    /// request over 10 MB before the function runs (and without naming a field): attachments
+    /// travel base64 in JSON, a third larger, so 7 MiB of them is the most that arrives.
+    pub const GATEWAY_BYTES: usize = 7 * 1024 * 1024;
+
+    /// These limits, lowered where needed to [`Self::GATEWAY_BYTES`], so that Mailroom's own
+    /// error (naming the limit) answers before API Gateway's. A forwarded original counts in the
+    /// total too, so in AWS an original over that size cannot be forwarded with the API.
+    pub fn behind_gateway(self) -> Self {
+        Self {
+            max_count: self.max_count,
+            max_file_bytes: self.max_file_bytes.min(Self::GATEWAY_BYTES),
+            max_total_bytes: self.max_total_bytes.min(Self::GATEWAY_BYTES),
+        }
+    }
+
     /// Checks the attachments (and `extra_bytes`, a forwarded original) against the limits.
     pub fn check(&self, attachments: &[OutboundAttachment], extra_bytes: usize) -> Result<(), AttachmentError> {
         if attachments.len() > self.max_count {
@@ -1089,6 +1105,16 @@ impl SendJob {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_behind_api_gateway_fit_its_request_size() {
+        let behind = AttachmentLimits::default().behind_gateway();
+        assert_eq!((behind.max_count, behind.max_file_bytes, behind.max_total_bytes), (10, 7 << 20, 7 << 20));
+        // base64 of the largest total, with room for the JSON around it, stays under 10 MB.
+        assert!(behind.max_total_bytes.div_ceil(3) * 4 < 10_000_000 - 100_000);
+        let small = AttachmentLimits { max_count: 3, max_file_bytes: 1 << 20, max_total_bytes: 2 << 20 };
+        assert_eq!(small.behind_gateway(), small, "lower limits stay as set");
+    }
 
     fn id() -> InteractionId {
         InteractionId::parse("3FMPSZ5629DM").unwrap()
