@@ -41,16 +41,6 @@ RUN=$(date +%s)-$$ # makes this run's second email and AI handoff new to the sha
 # step, fail, expect, call, stop_serve, ensure_mailroom
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-# call_status STATUS CURL-ARGS...: runs curl, prints the body, fails unless the status is STATUS.
-call_status() {
-  local want=$1 out status
-  shift
-  out=$(curl -sS -w '\n%{http_code}' "$@") || fail "curl $*"
-  status=${out##*$'\n'}
-  out=${out%$'\n'*}
-  [[ $status == "$want" ]] || fail "HTTP $status (expected $want) from curl $*: $out"
-  printf '%s' "$out"
-}
 json() { call -H 'Content-Type: application/json' "$@"; }
 
 # wait_offer FILTER: polls ana's offers until one matches the jq FILTER (at most 30 s); prints that offer.

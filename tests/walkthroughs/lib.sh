@@ -10,15 +10,20 @@ fail() {
 }
 # expect JSON FILTER WHAT: the jq FILTER must be true of JSON.
 expect() { jq -e "$2" >/dev/null <<<"$1" || fail "$3: $1"; }
-# Runs curl, prints the body, fails on a non-2xx status.
-call() {
-  local out status
+# call_status STATUS CURL-ARGS...: runs curl, prints the body, fails unless the status matches STATUS
+# (a glob: 400, 2*).
+call_status() {
+  local want=$1 out status
+  shift
   out=$(curl -sS -w '\n%{http_code}' "$@") || fail "curl $*"
   status=${out##*$'\n'}
   out=${out%$'\n'*}
-  [[ $status == 2* ]] || fail "HTTP $status from curl $*: $out"
+  # shellcheck disable=SC2053 # STATUS is a glob on purpose
+  [[ $status == $want ]] || fail "HTTP $status (expected $want) from curl $*: $out"
   printf '%s' "$out"
 }
+# Runs curl, prints the body, fails on a non-2xx status.
+call() { call_status '2*' "$@"; }
 
 # stop_serve RC: stops `mailroom serve` (Ctrl-C, then by force after ~5 s); when RC is not 0, shows
 # the end of its log.
