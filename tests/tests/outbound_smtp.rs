@@ -607,6 +607,29 @@ async fn channel_test_connection_reports_success_or_the_exact_failure() {
     assert!(report.server.ends_with("(TLS)"), "{report:?}");
 }
 
+/// Under the cloud's network policy a server that resolves to a loopback (or private, or
+/// metadata) address is refused before any connection, for good and in words an admin can act on;
+/// the one-machine policy connects.
+#[tokio::test]
+async fn the_cloud_policy_refuses_a_server_that_resolves_inside() {
+    use mailroom::domain::mailbox::NetworkPolicy;
+    use mailroom::ports::outbound::{MailSender, Route, SendError};
+    let Some(sink) = sink() else { return };
+    // By name, so the check is on what the name resolves to, not on the text an admin typed.
+    let mut server = sink.server(SmtpSecurity::Tls);
+    server.host = mailroom::domain::outbound::HostName::parse("localhost").unwrap();
+    let route = Route::Smtp {
+        server,
+        login: mailroom::domain::outbound::SmtpLogin::parse("support@example.com").unwrap(),
+        password: "support-secret".to_owned().into(),
+    };
+    let refused = sink.sender().with_policy(NetworkPolicy::CLOUD).check(&route).await.unwrap_err();
+    assert!(matches!(refused, SendError::Configuration { .. }), "{refused:?}");
+    let words = &refused.reply().text;
+    assert!(words.contains("localhost is not allowed") && words.contains("loopback"), "{words}");
+    assert!(sink.sender().with_policy(NetworkPolicy::LOCAL).check(&route).await.is_ok());
+}
+
 /// A channel created through the admin API (over HTTP, as `mailroom serve` serves it) sends
 /// through its own SMTP server at once, without a restart; a change of server applies to the next
 /// send, mail already queued included.

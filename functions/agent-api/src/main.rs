@@ -137,7 +137,9 @@ fn mail_module(
     let settings = SendSettings::from_env().context("reading the mail settings")?;
     let env = |name: &str| std::env::var(name).ok();
     let outbound = config.outbound_settings(&env).context("reading the outbound settings")?;
-    let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
+    // Test emails and test-outgoing connect under the same policy as functions/send-mail.
+    let policy = config.mailbox.network_policy(mailroom::domain::mailbox::NetworkPolicy::CLOUD);
+    let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?.with_policy(policy);
     let parts = AwsSendParts::from_sdk_config(sdk, &settings, smtp, endpoint_overridden());
     let limits = outbound.attachments.behind_gateway();
     if limits != outbound.attachments {

@@ -12,10 +12,15 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use mailroom::adapters::aws::{endpoint_overridden, sdk_config};
 use mailroom::adapters::channels::DynamoChannelStore;
 use mailroom::adapters::outbound::{AwsSendParts, SendSettings, SmtpSender, StoredChannels};
+use mailroom::config::AppConfig;
+use mailroom::domain::mailbox::{MailboxSettings, NetworkPolicy};
 use mailroom::ports::SystemClock;
 use mailroom::usecases::send_mail::{RetryPolicy, SendWorker};
 
 use crate::handler::Handler;
+
+/// The configuration (JSON or TOML), read for its network policy.
+const CONFIG_VAR: &str = "MAILROOM_CONFIG";
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -36,7 +41,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
 
 async fn init() -> anyhow::Result<Handler> {
     let settings = SendSettings::from_env().context("reading the function's settings")?;
-    let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?;
+    // Only the network policy is read from the configuration here ([mailbox] allow_loopback,
+    // allow_private_networks): public SMTP servers only, unless the operator allows more.
+    let policy = match std::env::var(CONFIG_VAR) {
+        Ok(text) => AppConfig::parse(&text, CONFIG_VAR).with_context(|| format!("reading {CONFIG_VAR}"))?.mailbox,
+        Err(_) => MailboxSettings::default(),
+    }
+    .network_policy(NetworkPolicy::CLOUD);
+    let smtp = SmtpSender::from_env().context("reading MAILROOM_SMTP_CA_FILE")?.with_policy(policy);
     let sdk = sdk_config().await;
     let parts = AwsSendParts::from_sdk_config(&sdk, &settings, smtp, endpoint_overridden());
     let worker = SendWorker {

@@ -28,6 +28,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::domain::ids::EmailAddress;
+use crate::domain::mailbox::NetworkPolicy;
 use crate::domain::outbound::{ServerReply, SmtpSecurity, SmtpServer};
 use crate::ports::outbound::{Accepted, MailEnvelope, MailSender, Route, SendError};
 
@@ -55,6 +56,9 @@ pub struct SmtpSender {
     /// Extra trust anchors (a company CA; the test CA in tests) besides the public web roots.
     extra_roots_pem: Arc<Vec<u8>>,
     tls: Arc<rustls::ClientConfig>,
+    /// Which addresses a server name may resolve to (every one is checked at each connection, so
+    /// a name cannot lead to the metadata service or, in the cloud, into the VPC).
+    policy: NetworkPolicy,
 }
 
 impl std::fmt::Debug for SmtpSender {
@@ -68,7 +72,8 @@ impl SmtpSender {
     pub const CA_FILE_VAR: &'static str = "MAILROOM_SMTP_CA_FILE";
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-    /// A sender trusting the public web roots and the certificates in `extra_ca_pem`.
+    /// A sender trusting the public web roots and the certificates in `extra_ca_pem`, under the
+    /// one-machine network policy ([`NetworkPolicy::LOCAL`]; see [`Self::with_policy`]).
     pub fn new(extra_ca_pem: Option<Vec<u8>>, timeout: Duration) -> Result<Self, SmtpSetupError> {
         let pem = extra_ca_pem.unwrap_or_default();
         let mut roots = rustls::RootCertStore::empty();
@@ -84,7 +89,13 @@ impl SmtpSender {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let hello = hostname_client_id();
-        Ok(Self { hello, timeout, extra_roots_pem: Arc::new(pem), tls: Arc::new(tls) })
+        Ok(Self { hello, timeout, extra_roots_pem: Arc::new(pem), tls: Arc::new(tls), policy: NetworkPolicy::LOCAL })
+    }
+
+    /// The same sender, connecting only where `policy` allows (the cloud functions pass the
+    /// deployment's policy, public addresses only unless configured otherwise).
+    pub fn with_policy(self, policy: NetworkPolicy) -> Self {
+        Self { policy, ..self }
     }
 
     /// Reads `MAILROOM_SMTP_CA_FILE` when set (a configuration error names the file).
@@ -105,7 +116,18 @@ impl SmtpSender {
 
     async fn connect(&self, server: &SmtpServer) -> Result<AsyncSmtpConnection, SendError> {
         let host = server.host.as_str();
-        let tcp = TcpStream::connect((host, server.port))
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, server.port))
+            .await
+            .map_err(|e| transient(format!("cannot resolve {host}: {e}"), e))?
+            .collect();
+        let ips: Vec<_> = addresses.iter().map(SocketAddr::ip).collect();
+        // A refused address is the admin's to fix, not a moment's trouble: no retry.
+        self.policy.check_all(&ips).map_err(|refusal| SendError::Configuration {
+            reply: reply(None, format!("the outgoing server {host} is not allowed: {refusal}")),
+            source: None,
+        })?;
+        // Connect to the addresses just checked, not to the name again (its answer may change).
+        let tcp = TcpStream::connect(&addresses[..])
             .await
             .map_err(|e| transient(format!("cannot connect to {}:{}: {e}", host, server.port), e))?;
         // The point of opening the socket ourselves (see the module comment).

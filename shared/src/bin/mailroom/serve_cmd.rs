@@ -143,7 +143,10 @@ pub async fn run(args: ServeArgs, config: &AppConfig, data_dir: &Path) -> anyhow
             StoredChannels::new(mailboxes.store.clone()),
             outbound_cfg.attachments,
             secrets,
-            SmtpSender::from_env()?,
+            // The [mailbox] network policy covers outgoing servers too (on one machine: anything
+            // but metadata and link-local addresses, unless the file says otherwise).
+            SmtpSender::from_env()?
+                .with_policy(config.mailbox.network_policy(mailroom::domain::mailbox::NetworkPolicy::LOCAL)),
             Some(Arc::new(outbox.clone())),
         )?;
         parts.modules.push(mailroom::api::mail::module(
