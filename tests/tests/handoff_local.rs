@@ -188,6 +188,11 @@ async fn ai_handoff_is_idempotent_and_maps_labels() {
     let mut changed = ai_request();
     changed.messages.pop();
     assert!(matches!(h.service.ai_handoff(&client, changed).await, Err(HandoffError::IdempotencyKeyReused(_))));
+    // Another summary under the same key is another request too, not a retry.
+    let mut resummarised = ai_request();
+    resummarised.summary = Some("Something else entirely".into());
+    let outcome = h.service.ai_handoff(&client, resummarised).await;
+    assert!(matches!(outcome, Err(HandoffError::IdempotencyKeyReused(_))), "{outcome:?}");
 
     let mut bad = ai_request();
     bad.idempotency_key = mailroom::domain::crm::IdempotencyKey::parse("other").unwrap();

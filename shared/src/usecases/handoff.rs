@@ -1037,7 +1037,10 @@ impl HandoffService {
         let key = HandoffKey::ai(client, &request.idempotency_key);
         let incident_id = IncidentId::for_ai_handoff(client, &request.idempotency_key);
         if let Some(existing) = self.store.get(&key).await? {
-            if existing.request_digest.as_deref() != Some(digest.as_str()) {
+            // Records from before the summary and sentiment counted hold the older digest.
+            let same = [digest.as_str(), legacy_request_digest(&request).as_str()]
+                .contains(&existing.request_digest.as_deref().unwrap_or_default());
+            if !same {
                 return Err(HandoffError::IdempotencyKeyReused(request.idempotency_key.clone()));
             }
             if existing.is_created() && existing.last_error.is_none() {
@@ -1129,8 +1132,22 @@ fn ai_result(record: &HandoffRecord, replayed: bool) -> Result<AiHandoffResult, 
     })
 }
 
-/// A digest of what the conversation says (not of its JSON layout), to recognise a retry.
+/// A digest of what the request says (not of its JSON layout), to recognise a retry: the same
+/// key with another summary or sentiment is a different request, not a retry.
 fn request_digest(r: &AiHandoffRequest) -> String {
+    let mut h = Sha256::new();
+    h.update("v2");
+    h.update([0]);
+    h.update(legacy_request_digest(r));
+    h.update([0]);
+    h.update(r.summary.as_deref().map(str::trim).unwrap_or(""));
+    h.update([0]);
+    h.update(r.sentiment.map(|s| format!("{s:?}")).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+/// The digest records were written with before the summary and the sentiment counted.
+fn legacy_request_digest(r: &AiHandoffRequest) -> String {
     let mut h = Sha256::new();
     h.update(r.sender.email.as_str());
     h.update([0]);
