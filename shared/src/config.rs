@@ -188,6 +188,9 @@ impl AppConfig {
                     "another channel already uses this address",
                 ));
             }
+            if crate::usecases::channel_admin::RESERVED_NAMES.contains(&c.name.as_str()) {
+                return Err(invalid(format!("channels.{}.name", c.name), "this name is reserved by the admin API"));
+            }
             if !queues.contains(&c.default_queue) {
                 return Err(invalid(
                     format!("channels.{}.default_queue", c.name),

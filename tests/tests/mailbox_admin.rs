@@ -179,6 +179,9 @@ async fn admin_errors_name_the_field() {
     let mut i = input("web", Some("pw"), Some("pw"));
     i.name = "no spaces".into();
     assert_eq!(field(admin.create(i).await.unwrap_err()), "name");
+    let mut i = input("web", Some("pw"), Some("pw"));
+    i.name = "test-connection".into();
+    assert_eq!(field(admin.create(i).await.unwrap_err()), "name", "a fixed route's name is reserved");
     assert!(matches!(admin.create(input("sales", Some("pw"), Some("pw"))).await, Err(AdminError::Conflict(_))));
     assert!(matches!(admin.get("nobody").await, Err(AdminError::NotFound(_))));
 

@@ -36,6 +36,9 @@ use crate::usecases::poll_mailbox::{AccessError, MailboxAccess, OpenTrace};
 
 // ---------------------------------------------------------------------------------------- errors
 
+/// Channel names the admin API's fixed routes take (`/v1/admin/channels/<name>`).
+pub const RESERVED_NAMES: &[&str] = &["test-connection"];
+
 /// What the admin API maps to its answers: `Invalid` → 400 (naming the field), `NotFound` →
 /// 404, `Conflict` → 409, `Backend` → 503 when transient, else 500.
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +331,11 @@ impl ChannelAdmin {
     }
 
     pub async fn create(&self, input: ChannelInput) -> Result<ChannelView, AdminError> {
+        // `/v1/admin/channels/test-connection` tests unsaved settings: a channel of that name
+        // could never be tested or reached by its own path.
+        if RESERVED_NAMES.contains(&input.name.trim()) {
+            return Err(AdminError::invalid("name", format!("{:?} is reserved by the admin API", input.name.trim())));
+        }
         let (channel, secret) = self.build(input, None).await?;
         if self.store.get(&channel.name).await?.is_some() {
             return Err(AdminError::Conflict(format!("channel {} already exists", channel.name)));
