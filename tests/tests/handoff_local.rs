@@ -178,6 +178,7 @@ async fn ai_handoff_is_idempotent_and_maps_labels() {
     assert_eq!(h.local.list_cases(10).unwrap().len(), 1);
     let case = h.local.case_detail(first.ticket_number.as_str()).unwrap().unwrap();
     assert_eq!(case.case.title, "billing - Chloé Martin");
+    assert_eq!(case.case.origin, 3, "an AI assistant's conversation comes from the web, not from email");
     assert_eq!(case.case.properties["new_region"], 100000001, "label Europe mapped to its value");
     assert_eq!(case.case.properties["new_productline"], 100000002);
     assert!(

@@ -286,6 +286,8 @@ pub mod limits {
 
 /// `caseorigincode` 2: Email.
 pub const CASE_ORIGIN_EMAIL: i32 = 2;
+/// `caseorigincode` 3: Web, for an AI assistant's (chat) conversation.
+pub const CASE_ORIGIN_WEB: i32 = 3;
 /// `prioritycode` 2: Normal, the usual org default.
 pub const PRIORITY_NORMAL: i32 = 2;
 

@@ -27,10 +27,11 @@ use sha2::{Digest, Sha256};
 use tracing::{info, instrument, warn};
 
 use crate::domain::crm::{
-    AttachmentOutcome, CASE_ORIGIN_EMAIL, CaseHeader, ContactCandidate, ContactId, ContactMatch, ContactResolution,
-    HandoffKey, HandoffRecord, HandoffStage, IdempotencyKey, IncidentId, NoteId, PropertyProblem, Speaker,
-    TRANSCRIPT_NOTE_SUBJECT, TicketNumber, TicketProperties, TicketPropertyInput, TranscriptEntry, case_description,
-    case_title, limits, prioritycode_for, rank_contacts, resolve_ticket_properties, split_name, strip_quoted_reply,
+    AttachmentOutcome, CASE_ORIGIN_EMAIL, CASE_ORIGIN_WEB, CaseHeader, ContactCandidate, ContactId, ContactMatch,
+    ContactResolution, HandoffKey, HandoffRecord, HandoffStage, IdempotencyKey, IncidentId, NoteId, PropertyProblem,
+    Speaker, TRANSCRIPT_NOTE_SUBJECT, TicketNumber, TicketProperties, TicketPropertyInput, TranscriptEntry,
+    case_description, case_title, limits, prioritycode_for, rank_contacts, resolve_ticket_properties, split_name,
+    strip_quoted_reply,
 };
 use crate::domain::ids::{AgentId, EmailAddress, Fingerprint, InteractionId};
 use crate::domain::interaction::{Direction, Interaction, Priority, Sentiment, StoredMessage};
@@ -207,6 +208,8 @@ struct CaseSpec {
     entries: Vec<TranscriptEntry>,
     priority: Option<Priority>,
     properties: TicketProperties,
+    /// `caseorigincode`: Email for mail, Web for an AI assistant's conversation.
+    origin: i32,
 }
 
 /// The pieces the handoff works with, built once per process.
@@ -400,6 +403,7 @@ fn email_spec(interaction: &Interaction, messages: &[StoredMessage]) -> CaseSpec
         entries: email_entries(messages),
         priority: Some(interaction.priority),
         properties: TicketProperties::default(),
+        origin: CASE_ORIGIN_EMAIL,
     }
 }
 
@@ -558,7 +562,7 @@ impl HandoffService {
                     title: case_title(&spec.header.classification, spec.sender_name.as_deref(), &spec.sender),
                     description: description.text,
                     customer: contact,
-                    origin: CASE_ORIGIN_EMAIL,
+                    origin: spec.origin,
                     priority: Some(priority),
                     owner: settings.default_owner.clone(),
                     email: Some(spec.sender.clone()),
@@ -1087,6 +1091,8 @@ impl HandoffService {
                 .collect(),
             priority: None,
             properties,
+            // The conversation happened on the web (chat), not in the mailbox.
+            origin: CASE_ORIGIN_WEB,
         };
         let result = self
             .drive(&key, incident_id, &spec, ContactPolicy::Automatic, None, |r| {
