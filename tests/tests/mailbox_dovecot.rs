@@ -192,7 +192,8 @@ async fn test_connection_reports_each_step_in_plain_words() {
         .await
         .unwrap();
     assert!(!wrong.ok);
-    assert_eq!(wrong.steps.last().unwrap().step, "sign_in");
+    let steps: Vec<_> = wrong.steps.iter().map(|s| (s.step, s.ok)).collect();
+    assert_eq!(steps, [("resolve", true), ("connect", true), ("sign_in", false)], "{wrong:?}");
     assert!(wrong.summary.contains("the server refused the sign-in"), "{}", wrong.summary);
 
     // STARTTLS demanded on the implicit-TLS port: a TLS server does not speak plain IMAP first.

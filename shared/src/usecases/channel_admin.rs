@@ -497,6 +497,13 @@ impl ChannelAdmin {
             Ok(s) => s,
             Err(e) => {
                 let step = failed_step(&e, &trace);
+                // The server answered the sign-in, so the connection itself worked: say so, so the
+                // admin looks at the credentials and not at the network.
+                if trace.connection.is_none()
+                    && matches!(e, AccessError::Mailbox(crate::ports::mailbox::MailboxError::AuthFailed { .. }))
+                {
+                    steps.push(TestStep { step: "connect", ok: true, detail: format!("connected to {target}") });
+                }
                 let words = e.plain_words();
                 steps.push(TestStep { step, ok: false, detail: words.clone() });
                 return ConnectionTestResult {
