@@ -8,6 +8,12 @@ transaction took tens of milliseconds and moto grew to gigabytes. Here the table
 and only the items the transaction names are saved and put back on failure, which is the same
 rollback (moto computes indexes from the items at query time, so nothing else changes).
 
+moto serves each request on a thread of its own and takes no lock: a transaction checks and applies
+its items one by one, so two transactions on the same item could both pass their version condition
+and one write would be lost (the routing storm caught an agent over capacity that way). DynamoDB
+applies a conditional write or a transaction atomically; here every write (put, update, delete,
+and the transactions and batches made of them) holds one lock, so each is atomic against the others.
+
 moto's dispatcher also finds the backend of every request by listing its package directory and
 matching hundreds of URL patterns, under one lock that every request thread waits for; the answer
 for a host never changes, so it is remembered.
@@ -78,10 +84,27 @@ def _key_of(table, op):
     return op.get("Key")
 
 
+_write_lock = threading.RLock()
+
+
+def _atomic(method):
+    def locked(self, *args, **kwargs):
+        with _write_lock:
+            return method(self, *args, **kwargs)
+
+    locked.__name__ = method.__name__
+    return locked
+
+
 _original = dynamodb_models.DynamoDBBackend.transact_write_items
 
 
 def transact_write_items(self, transact_items):
+    with _write_lock:
+        return _transact_write_items(self, transact_items)
+
+
+def _transact_write_items(self, transact_items):
     saved = {}
     for entry in transact_items:
         _, op = next(iter(entry.items()))
@@ -302,6 +325,9 @@ Table.sorted_items = sorted_items
 Table.put_item = table_put_item
 Table.delete_item = table_delete_item
 dynamodb_models.DynamoDBBackend.update_item = backend_update_item
+# After the update_item above: a batch write goes through put_item and delete_item one by one.
+for _name in ("put_item", "update_item", "delete_item"):
+    setattr(dynamodb_models.DynamoDBBackend, _name, _atomic(getattr(dynamodb_models.DynamoDBBackend, _name)))
 DynamoResult.execute_result = execute_result
 sqs_models.Queue.attributes = property(queue_attributes)
 sqs_models.SQSBackend.send_message = send_message
