@@ -116,19 +116,16 @@ start() {
   exit 1
 }
 
+# shellcheck source=infra/lib/server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/server.sh"
+
+# Dovecot owns its pid file (it removes it itself) and gets ~10 s to exit.
 stop() {
-  local pid i
+  local pid
   if ! pid=$(our_pid); then
     return 0
   fi
-  kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do # ~10 s, then force
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -9 "$pid" 2>/dev/null || true
-  fi
+  stop_pid "$pid" 100
   log "stopped (pid $pid)"
 }
 

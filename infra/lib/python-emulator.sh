@@ -62,23 +62,9 @@ start() {
   exit 1
 }
 
-stop() {
-  local pid i
-  if ! pid=$(our_pid); then
-    rm -f "$PIDFILE"
-    return 0
-  fi
-  kill "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do # ~5 s, then force
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$PIDFILE"
-  log "stopped (pid $pid)"
-}
+# stop: see lib/server.sh.
+# shellcheck source=infra/lib/server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/server.sh"
 
 emulator_main() {
   case ${1:-} in
